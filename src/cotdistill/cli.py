@@ -1,0 +1,206 @@
+"""The `cotdistill` command: a thin typer layer over the Python API (one verb per step)."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Annotated, Any, Optional
+
+import click
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from cotdistill.errors import CotdistillError
+
+app = typer.Typer(
+    help="Distil a teacher LLM's step-by-step reasoning into a small student model.\n\n"
+    "The steps: annotate (teacher writes rationales) -> train (student learns them) -> eval -> report. "
+    "Everything for one experiment lives in a run directory (--run-dir) holding store.sqlite, "
+    "students/ and the report; every step resumes what an earlier run left unfinished.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+console = Console()
+
+RunDir = Annotated[Path, typer.Option("--run-dir", "-r", help="Run directory (store, students, reports).")]
+TaskName = Annotated[str, typer.Option("--task", "-t", help="gsm8k, svamp, arith, jsonl, csv, or a task .yaml file.")]
+Data = Annotated[Optional[Path], typer.Option("--data", "-d", help="Local JSONL/JSON/CSV file; without it, the task's Hugging Face dataset.")]
+Split = Annotated[str, typer.Option(help="Split name (hub datasets and arith).")]
+Limit = Annotated[Optional[int], typer.Option(help="Use only the first N problems.")]
+Method = Annotated[str, typer.Option("--method", "-m", help="Reasoning format (see `cotdistill methods`).")]
+Fields = Annotated[Optional[list[str]], typer.Option("--field", help="Map a record field: question=COL (A+B joins), answer=COL, id=COL.")]
+Options = Annotated[Optional[list[str]], typer.Option("--option", help="Task knob KEY=VALUE, e.g. steps=3 for arith, kind=yesno.")]
+
+
+def _pairs(values: list[str] | None, flag: str) -> dict[str, str]:
+    pairs = {}
+    for value in values or []:
+        key, sep, rest = value.partition("=")
+        if not sep or not key:
+            raise CotdistillError(f"{flag} {value!r}: expected KEY=VALUE")
+        pairs[key.strip()] = rest.strip()
+    return pairs
+
+
+def _show(result: Any) -> None:
+    console.print_json(json.dumps(result, default=str))
+
+
+@app.command()
+def annotate(
+    run_dir: RunDir = Path("runs/default"),
+    task: TaskName = "arith",
+    data: Data = None,
+    split: Split = "train",
+    limit: Limit = None,
+    method: Method = "cot",
+    teacher: Annotated[str, typer.Option(help="'gold' (the task's reference rationales), smollm2-135m, a model directory or hub id.")] = "gold",
+    samples: Annotated[int, typer.Option(help="Teacher samples per problem.")] = 1,
+    temperature: Annotated[float, typer.Option(help="Teacher sampling temperature.")] = 0.7,
+    max_new_tokens: Annotated[int, typer.Option(help="Longest teacher reply, in tokens.")] = 256,
+    seed: int = 0,
+    batch_size: int = 32,
+    field: Fields = None,
+    option: Options = None,
+) -> None:
+    """Have a teacher write rationales; keep those whose answer checks out."""
+    from cotdistill.annotate import annotate as run
+
+    _show(run(run_dir, task, data, split, limit, method, teacher, samples, temperature, max_new_tokens, seed,
+              batch_size, _pairs(field, "--field"), _pairs(option, "--option")))
+
+
+@app.command()
+def train(
+    run_dir: RunDir = Path("runs/default"),
+    name: Annotated[str, typer.Option(help="Student name; it lands in RUN_DIR/students/NAME.")] = "student",
+    student: Annotated[str, typer.Option(help="Base model: smollm2-135m, a directory or a hub id.")] = "smollm2-135m",
+    method: Method = "cot",
+    task: Annotated[Optional[str], typer.Option(help="Only annotations of this task (default: all).")] = None,
+    lora: Annotated[bool, typer.Option("--lora/--full", help="LoRA adapters or full fine-tuning.")] = True,
+    epochs: Annotated[float, typer.Option(help="Passes over the training examples.")] = 2.0,
+    max_steps: Annotated[int, typer.Option(help="Stop after N optimizer steps (-1: by epochs).")] = -1,
+    learning_rate: Annotated[Optional[float], typer.Option(help="Default 1e-3 with LoRA, 5e-5 full.")] = None,
+    batch_size: int = 8,
+    max_length: int = 512,
+    seed: int = 0,
+    set_: Annotated[Optional[list[str]], typer.Option("--set", help="Any TrainingArguments field KEY=VALUE (YAML value).")] = None,
+) -> None:
+    """Fine-tune a student on the kept annotations of one method (resumes from its last checkpoint)."""
+    import yaml
+
+    from cotdistill.train import train as run
+
+    config: dict[str, Any] = {"lora": lora, "num_train_epochs": epochs, "max_steps": max_steps,
+                              "learning_rate": learning_rate or (1e-3 if lora else 5e-5),
+                              "per_device_train_batch_size": batch_size, "max_length": max_length, "seed": seed}
+    config.update({k: yaml.safe_load(v) for k, v in _pairs(set_, "--set").items()})
+    output = run(run_dir, name, student, method, task, **config)
+    console.print(f"student saved in [bold]{output}[/bold]")
+
+
+@app.command("eval")
+def evaluate(
+    run_dir: RunDir = Path("runs/default"),
+    model: Annotated[str, typer.Option(help="A student of this run by name, smollm2-135m, a directory or a hub id.")] = "smollm2-135m",
+    task: TaskName = "arith",
+    data: Data = None,
+    split: Split = "test",
+    limit: Limit = None,
+    method: Method = "cot",
+    name: Annotated[Optional[str], typer.Option(help="Name of this eval run in the store and report.")] = None,
+    temperature: Annotated[float, typer.Option(help="0 = greedy.")] = 0.0,
+    max_new_tokens: int = 256,
+    batch_size: int = 32,
+    seed: int = 0,
+    field: Fields = None,
+    option: Options = None,
+) -> None:
+    """Evaluate a model: accuracy (strict and flexible, 95% CI), tokens and time per problem."""
+    from cotdistill.evaluate import evaluate as run
+
+    _show(run(run_dir, model, task, data, split, limit, method, name, temperature, max_new_tokens, batch_size, seed,
+              _pairs(field, "--field"), _pairs(option, "--option")))
+
+
+@app.command()
+def report(run_dir: RunDir = Path("runs/default")) -> None:
+    """Compare every eval run of a run directory: report.md, report.csv, report.png."""
+    from cotdistill.report import report as run
+
+    console.print(run(run_dir))
+    console.print(f"written: {run_dir}/report.md, report.csv, report.png")
+
+
+@app.command("run")
+def run_recipe(
+    recipe: Annotated[str, typer.Argument(help="A recipe YAML file, or the name of a bundled one (quickstart).")],
+    run_dir: Annotated[Optional[Path], typer.Option("--run-dir", "-r", help="Override the recipe's run_dir.")] = None,
+) -> None:
+    """Run a recipe's steps in order; rerunning resumes it."""
+    from cotdistill.recipe import run_recipe as run
+
+    out = run(recipe, run_dir)
+    console.print(f"done: {out}")
+
+
+@app.command()
+def quickstart(run_dir: RunDir = Path("runs/quickstart")) -> None:
+    """Offline demo on the embedded SmolLM2-135M: baseline eval, gold annotation, LoRA training, eval, report."""
+    from cotdistill.recipe import run_recipe as run
+    from cotdistill.report import report as make_report
+
+    out = run("quickstart", run_dir)
+    console.print(make_report(out))
+    console.print(f"report: {out}/report.md and {out}/report.png")
+
+
+@app.command()
+def methods(name: Annotated[Optional[str], typer.Argument(help="Show this method's prompts.")] = None) -> None:
+    """List reasoning formats, or show one method's teacher and student prompts."""
+    from cotdistill.methods import METHODS, get_method
+    from cotdistill.tasks import Problem
+
+    if name is None:
+        table = Table("method", "what it is")
+        for method in METHODS.values():
+            table.add_row(method.name, method.description)
+        console.print(table)
+        return
+    method = get_method(name)
+    example = Problem("example", "{question}", "{answer}")
+    for title, messages in (("teacher prompt", method.teacher_messages(example)),
+                            ("student prompt", method.student_messages(example))):
+        console.rule(title)
+        for message in messages:
+            console.print(f"[bold]{message['role']}:[/bold] ", end="")
+            console.print(message["content"], markup=False, highlight=False)
+
+
+@app.command()
+def tasks() -> None:
+    """List the built-in tasks."""
+    from cotdistill.tasks import BUILTIN
+
+    table = Table("task", "answers", "what it is")
+    for task in BUILTIN.values():
+        table.add_row(task.name, task.kind, task.description)
+    console.print(table)
+
+
+def main() -> None:
+    """Entry point: user errors become one line on stderr and exit code 2, never a traceback."""
+    try:
+        app(standalone_mode=False)
+    except click.ClickException as error:  # usage errors: typer's own message, exit 2
+        error.show()
+        sys.exit(error.exit_code)
+    except CotdistillError as error:
+        print(f"error: {error}", file=sys.stderr)
+        sys.exit(2)
+    except KeyboardInterrupt:
+        print("interrupted: finished work is saved; rerun the same command to resume", file=sys.stderr)
+        sys.exit(130)

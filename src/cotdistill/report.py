@@ -1,0 +1,90 @@
+"""report: every eval run of a run directory side by side, as markdown, CSV and a PNG plot."""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+from typing import Any
+
+from cotdistill.store import Store
+
+COLUMNS = ["run", "model", "task", "split", "n", "correct", "strict %", "95% CI", "flexible %",
+           "no answer", "tokens/problem", "s/problem"]
+
+
+def eval_rows(store: Store) -> list[dict[str, Any]]:
+    rows = []
+    for run in store.runs("eval"):
+        if run["status"] != "done":
+            continue
+        m, c = run["result"], run["config"]
+        rows.append({
+            "run": run["name"], "model": c["model"], "task": c["task"], "split": c["split"], "n": int(m["n"]),
+            "correct": int(m["correct_strict"]), "strict %": round(100 * m["accuracy_strict"], 1),
+            "95% CI": f"{100 * m['ci95_low']:.1f}-{100 * m['ci95_high']:.1f}",
+            "flexible %": round(100 * m["accuracy_flexible"], 1), "no answer": int(m["no_answer_strict"]),
+            "tokens/problem": round(m["completion_tokens_per_problem"], 1),
+            "s/problem": round(m["seconds_per_problem"], 3),
+            "_low": 100 * m["ci95_low"], "_high": 100 * m["ci95_high"],
+        })
+    return rows
+
+
+def report(run_dir: str | Path) -> str:
+    """Write report.md, report.csv and report.png into the run directory; return the markdown."""
+    run_dir = Path(run_dir)
+    store = Store(run_dir)
+    rows = eval_rows(store)
+    trainings = [r for r in store.runs("train") if r["status"] == "done"]
+    store.close()
+    with (run_dir / "report.csv").open("w", newline="") as handle:
+        writer = csv.DictWriter(handle, COLUMNS, extrasaction="ignore")
+        writer.writeheader()
+        writer.writerows(rows)
+    lines = ["| " + " | ".join(COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
+    lines += ["| " + " | ".join(str(r[c]) for c in COLUMNS) + " |" for r in rows]
+    if trainings:
+        lines += ["", "| student | method | examples | LoRA | steps | first loss | last loss | minutes |",
+                  "|---|---|---|---|---|---|---|---|"]
+        for t in trainings:
+            r = t["result"]
+            lines.append(f"| {t['name'].removeprefix('train:')} | {r['method']} | {r['examples']} | {r['lora']} | "
+                         f"{r['steps']} | {_fmt(r['first_logged_loss'])} | {_fmt(r['last_logged_loss'])} | "
+                         f"{r['seconds'] / 60:.1f} |")
+    markdown = "\n".join(lines) + "\n"
+    (run_dir / "report.md").write_text(markdown)
+    if rows:
+        _plot(rows, run_dir / "report.png")
+    return markdown
+
+
+def _fmt(value: float | None) -> str:
+    return "-" if value is None else f"{value:.3f}"
+
+
+def _plot(rows: list[dict[str, Any]], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (bars, cost) = plt.subplots(1, 2, figsize=(11, 0.6 * len(rows) + 2.5))
+    labels = [r["run"] for r in rows]
+    strict = [r["strict %"] for r in rows]
+    errors = [[s - r["_low"] for s, r in zip(strict, rows)], [r["_high"] - s for s, r in zip(strict, rows)]]
+    bars.barh(labels, strict, xerr=errors, color="tab:blue", capsize=4, label="strict (95% CI)")
+    bars.scatter([r["flexible %"] for r in rows], labels, color="tab:orange", zorder=3, label="flexible")
+    bars.set_xlabel("accuracy (%)")
+    bars.set_xlim(0, 100)
+    bars.invert_yaxis()
+    bars.legend(loc="lower right")
+    for r in rows:
+        cost.errorbar(r["tokens/problem"], r["strict %"], yerr=[[r["strict %"] - r["_low"]], [r["_high"] - r["strict %"]]],
+                      fmt="o", capsize=4, label=r["run"])
+    cost.set_xlabel("generated tokens per problem")
+    cost.set_ylabel("strict accuracy (%)")
+    cost.set_ylim(0, 100)
+    cost.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)

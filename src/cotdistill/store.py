@@ -1,0 +1,232 @@
+"""One SQLite file per run directory: problems, annotations, training runs, predictions, metrics.
+
+Unique keys make every step idempotent: annotation rows are keyed by a hash of what was
+asked (teacher, prompt, sampling parameters, sample index), predictions by (eval run,
+problem, sample). A step asks the store what is already done, does only the rest, and
+commits in small batches, so a crash or Ctrl-C loses at most the batch in flight.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import sqlite3
+import time
+from collections.abc import Iterable, Iterator
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from cotdistill.tasks import Problem
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS problems (
+    task TEXT NOT NULL, split TEXT NOT NULL, id TEXT NOT NULL,
+    question TEXT NOT NULL, answer TEXT NOT NULL, kind TEXT NOT NULL, gold TEXT NOT NULL,
+    PRIMARY KEY (task, split, id)
+);
+CREATE TABLE IF NOT EXISTS annotations (
+    key TEXT PRIMARY KEY,
+    task TEXT NOT NULL, split TEXT NOT NULL, problem_id TEXT NOT NULL,
+    method TEXT NOT NULL, teacher TEXT NOT NULL, sample INTEGER NOT NULL,
+    prompt TEXT NOT NULL, text TEXT NOT NULL, parsed TEXT NOT NULL, answer TEXT,
+    kept INTEGER NOT NULL, reason TEXT NOT NULL,
+    prompt_tokens INTEGER NOT NULL, completion_tokens INTEGER NOT NULL, cost REAL NOT NULL,
+    created REAL NOT NULL
+);
+CREATE INDEX IF NOT EXISTS annotations_by_method ON annotations (task, split, method, kept);
+CREATE TABLE IF NOT EXISTS runs (
+    name TEXT PRIMARY KEY, kind TEXT NOT NULL, config TEXT NOT NULL,
+    status TEXT NOT NULL, result TEXT NOT NULL DEFAULT '{}', started REAL NOT NULL, finished REAL
+);
+CREATE TABLE IF NOT EXISTS predictions (
+    run TEXT NOT NULL, problem_id TEXT NOT NULL, sample INTEGER NOT NULL,
+    text TEXT NOT NULL, strict TEXT, flexible TEXT,
+    correct_strict INTEGER NOT NULL, correct_flexible INTEGER NOT NULL,
+    prompt_tokens INTEGER NOT NULL, completion_tokens INTEGER NOT NULL, seconds REAL NOT NULL,
+    PRIMARY KEY (run, problem_id, sample)
+);
+CREATE TABLE IF NOT EXISTS metrics (
+    run TEXT NOT NULL, name TEXT NOT NULL, value REAL NOT NULL, PRIMARY KEY (run, name)
+);
+"""
+
+
+def request_key(*parts: Any) -> str:
+    """Content hash of everything that determines a teacher's reply: the resume key."""
+    return hashlib.sha256(json.dumps(parts, sort_keys=True, ensure_ascii=False).encode()).hexdigest()
+
+
+@dataclass(frozen=True)
+class Annotation:
+    key: str
+    task: str
+    split: str
+    problem_id: str
+    method: str
+    teacher: str
+    sample: int
+    prompt: str
+    text: str
+    parsed: dict[str, Any]
+    answer: str | None
+    kept: bool
+    reason: str  # "ok" when kept, else why it was rejected
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    cost: float = 0.0
+
+
+@dataclass(frozen=True)
+class Prediction:
+    run: str
+    problem_id: str
+    sample: int
+    text: str
+    strict: str | None
+    flexible: str | None
+    correct_strict: bool
+    correct_flexible: bool
+    prompt_tokens: int
+    completion_tokens: int
+    seconds: float
+
+
+class Store:
+    """A run directory's database. Open it with `Store(run_dir)`; it is created on first use."""
+
+    def __init__(self, run_dir: str | Path):
+        self.run_dir = Path(run_dir)
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        self.path = self.run_dir / "store.sqlite"
+        self.db = sqlite3.connect(self.path, timeout=60)
+        self.db.row_factory = sqlite3.Row
+        self.db.execute("PRAGMA journal_mode=WAL")
+        self.db.executescript(SCHEMA)
+
+    def close(self) -> None:
+        self.db.close()
+
+    # problems ---------------------------------------------------------------------------
+    def add_problems(self, task: str, split: str, problems: Iterable[Problem]) -> None:
+        with self.db:
+            self.db.executemany(
+                "INSERT OR REPLACE INTO problems VALUES (?, ?, ?, ?, ?, ?, ?)",
+                [(task, split, p.id, p.question, p.answer, p.kind, json.dumps(p.gold)) for p in problems],
+            )
+
+    def problems(self, task: str, split: str) -> list[Problem]:
+        rows = self.db.execute("SELECT * FROM problems WHERE task = ? AND split = ? ORDER BY rowid", (task, split))
+        return [Problem(r["id"], r["question"], r["answer"], r["kind"], json.loads(r["gold"])) for r in rows]
+
+    # annotations ------------------------------------------------------------------------
+    def annotation_keys(self, keys: Iterable[str]) -> set[str]:
+        found: set[str] = set()
+        keys = list(keys)
+        for start in range(0, len(keys), 500):
+            chunk = keys[start : start + 500]
+            marks = ",".join("?" * len(chunk))
+            found.update(r[0] for r in self.db.execute(f"SELECT key FROM annotations WHERE key IN ({marks})", chunk))
+        return found
+
+    def add_annotations(self, annotations: Iterable[Annotation]) -> None:
+        rows = []
+        for a in annotations:
+            row = asdict(a)
+            row["parsed"] = json.dumps(a.parsed)
+            row["created"] = time.time()
+            rows.append(row)
+        if not rows:
+            return
+        columns = ", ".join(rows[0])
+        marks = ", ".join(f":{c}" for c in rows[0])
+        with self.db:
+            self.db.executemany(f"INSERT OR IGNORE INTO annotations ({columns}) VALUES ({marks})", rows)
+
+    def annotations(self, method: str, task: str | None = None, split: str | None = None,
+                    kept_only: bool = True) -> list[Annotation]:
+        query = "SELECT * FROM annotations WHERE method = ?"
+        args: list[Any] = [method]
+        for column, value in (("task", task), ("split", split)):
+            if value is not None:
+                query += f" AND {column} = ?"
+                args.append(value)
+        if kept_only:
+            query += " AND kept = 1"
+        rows = self.db.execute(query + " ORDER BY rowid", args)
+        return [Annotation(**{**_columns(r, Annotation), "parsed": json.loads(r["parsed"]), "kept": bool(r["kept"])})
+                for r in rows]
+
+    def annotation_counts(self) -> list[dict[str, Any]]:
+        """Kept/rejected counts and spend per (task, split, method, teacher), for status views."""
+        rows = self.db.execute(
+            "SELECT task, split, method, teacher, SUM(kept) AS kept, SUM(1 - kept) AS rejected, "
+            "SUM(prompt_tokens + completion_tokens) AS tokens, SUM(cost) AS cost "
+            "FROM annotations GROUP BY task, split, method, teacher ORDER BY task, split, method, teacher"
+        )
+        return [dict(r) for r in rows]
+
+    def rejection_reasons(self, method: str) -> dict[str, int]:
+        rows = self.db.execute(
+            "SELECT reason, COUNT(*) FROM annotations WHERE method = ? AND kept = 0 GROUP BY reason", (method,)
+        )
+        return {r[0]: r[1] for r in rows}
+
+    # runs -------------------------------------------------------------------------------
+    def start_run(self, name: str, kind: str, config: dict[str, Any]) -> None:
+        """Record a run; an earlier unfinished run of the same name is resumed, not duplicated."""
+        with self.db:
+            self.db.execute(
+                "INSERT INTO runs (name, kind, config, status, started) VALUES (?, ?, ?, 'running', ?) "
+                "ON CONFLICT (name) DO UPDATE SET config = excluded.config, status = 'running'",
+                (name, kind, json.dumps(config), time.time()),
+            )
+
+    def finish_run(self, name: str, result: dict[str, Any]) -> None:
+        with self.db:
+            self.db.execute(
+                "UPDATE runs SET status = 'done', result = ?, finished = ? WHERE name = ?",
+                (json.dumps(result), time.time(), name),
+            )
+
+    def run(self, name: str) -> dict[str, Any] | None:
+        row = self.db.execute("SELECT * FROM runs WHERE name = ?", (name,)).fetchone()
+        if row is None:
+            return None
+        return {**dict(row), "config": json.loads(row["config"]), "result": json.loads(row["result"])}
+
+    def runs(self, kind: str | None = None) -> list[dict[str, Any]]:
+        names = self.db.execute(
+            "SELECT name FROM runs" + (" WHERE kind = ?" if kind else "") + " ORDER BY started", (kind,) if kind else ()
+        )
+        return [self.run(r[0]) for r in names.fetchall()]  # type: ignore[misc]
+
+    # predictions and metrics ------------------------------------------------------------
+    def predicted(self, run: str) -> set[tuple[str, int]]:
+        return {(r[0], r[1]) for r in self.db.execute("SELECT problem_id, sample FROM predictions WHERE run = ?", (run,))}
+
+    def add_predictions(self, predictions: Iterable[Prediction]) -> None:
+        with self.db:
+            self.db.executemany(
+                "INSERT OR REPLACE INTO predictions VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                [tuple(asdict(p).values()) for p in predictions],
+            )
+
+    def predictions(self, run: str) -> Iterator[Prediction]:
+        for r in self.db.execute("SELECT * FROM predictions WHERE run = ? ORDER BY rowid", (run,)):
+            row = _columns(r, Prediction)
+            yield Prediction(**{**row, "correct_strict": bool(row["correct_strict"]),
+                                "correct_flexible": bool(row["correct_flexible"])})
+
+    def set_metrics(self, run: str, metrics: dict[str, float]) -> None:
+        with self.db:
+            self.db.executemany("INSERT OR REPLACE INTO metrics VALUES (?, ?, ?)",
+                                [(run, k, float(v)) for k, v in metrics.items()])
+
+    def metrics(self, run: str) -> dict[str, float]:
+        return {r[0]: r[1] for r in self.db.execute("SELECT name, value FROM metrics WHERE run = ?", (run,))}
+
+
+def _columns(row: sqlite3.Row, cls: type) -> dict[str, Any]:
+    names = cls.__dataclass_fields__
+    return {k: row[k] for k in row.keys() if k in names}

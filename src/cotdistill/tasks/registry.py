@@ -1,0 +1,198 @@
+"""Tasks are data, not code: a name, where the data lives, which fields hold what.
+
+As in lm-evaluation-harness, adding a dataset never touches the runner: write a YAML
+file with the fields of `DatasetTask` (or pass `--field question=... --field answer=...`
+to the generic `jsonl` / `csv` tasks). Only what cannot be declared is code: parsing
+GSM8K's structured gold reasoning, and generating the synthetic `arith` problems.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+import yaml
+
+from cotdistill.answers import AnswerKind, normalize
+from cotdistill.errors import CotdistillError
+from cotdistill.tasks import arith
+from cotdistill.tasks.problem import Problem
+from cotdistill.tasks.records import Record, read_records
+
+ANSWER_KINDS = ("number", "yesno", "choice", "text")
+
+
+class Task(Protocol):
+    name: str
+    description: str
+    kind: AnswerKind
+
+    def load(self, data: str | Path | None = None, split: str = "train", limit: int | None = None) -> list[Problem]: ...
+
+
+@dataclass(frozen=True)
+class DatasetTask:
+    """A task read from records: a local file (`data`) or, with no file, a Hugging Face dataset."""
+
+    name: str
+    description: str
+    question: tuple[str, ...] = ("question",)  # fields joined with a space, e.g. SVAMP's Body + Question
+    answer: str = "answer"
+    kind: AnswerKind = "number"
+    answer_pattern: str | None = None  # regex whose group 1 is the gold answer inside the field
+    id_field: str | None = None
+    hf_path: str | None = None
+    hf_config: str | None = None
+    gold_fields: Callable[[Record], dict[str, Any]] | None = field(default=None, compare=False)
+
+    def load(self, data: str | Path | None = None, split: str = "train", limit: int | None = None) -> list[Problem]:
+        rows = read_records(data) if data is not None else self._hub_records(split)
+        problems = []
+        for index, (where, record) in enumerate(rows):
+            if limit is not None and index >= limit:
+                break
+            problems.append(self._to_problem(where, index, record))
+        return problems
+
+    def _to_problem(self, where: str, index: int, record: Record) -> Problem:
+        def need(name: str) -> Any:
+            if name not in record or record[name] is None:
+                raise CotdistillError(f"{where}: no field {name!r} for task {self.name} (fields: {', '.join(record)})")
+            return record[name]
+
+        question = " ".join(str(need(name)).strip() for name in self.question)
+        raw_answer = str(need(self.answer))
+        answer = raw_answer
+        if self.answer_pattern:
+            match = re.search(self.answer_pattern, raw_answer)
+            if not match:
+                raise CotdistillError(f"{where}: field {self.answer!r} does not match {self.answer_pattern!r}")
+            answer = match.group(1)
+        answer = normalize(answer, self.kind)
+        problem_id = str(need(self.id_field)) if self.id_field else f"{self.name}-{index}"
+        gold = self.gold_fields(record) if self.gold_fields else {}
+        return Problem(problem_id, question, answer, self.kind, gold)
+
+    def _hub_records(self, split: str) -> Iterable[tuple[str, Record]]:
+        if not self.hf_path:
+            raise CotdistillError(f"task {self.name} has no Hugging Face dataset: pass --data PATH")
+        import datasets
+
+        try:
+            dataset = datasets.load_dataset(self.hf_path, self.hf_config, split=split)
+        except Exception as error:  # the hub raises many types; all mean "not available here"
+            raise CotdistillError(
+                f"task {self.name}: could not load {self.hf_path} split {split!r} from the Hugging Face hub "
+                f"({type(error).__name__}); pass --data PATH to a local file"
+            ) from None
+        return ((f"{self.hf_path}[{split}][{i}]", dict(row)) for i, row in enumerate(dataset))
+
+
+@dataclass(frozen=True)
+class ArithTask:
+    """The synthetic task: `data` is ignored; problems come from the seed and step count."""
+
+    name: str = "arith"
+    description: str = "synthetic multi-step arithmetic word problems with every gold format"
+    kind: AnswerKind = "number"
+    steps: int = 2
+    seed: int = 0
+    size: int = 500  # problems per split when no limit is given
+
+    def load(self, data: str | Path | None = None, split: str = "train", limit: int | None = None) -> list[Problem]:
+        if data is not None:
+            raise CotdistillError("task arith is generated, it reads no --data; set its steps/seed with --option")
+        try:
+            return arith.generate(split, limit or self.size, seed=self.seed, steps=self.steps)
+        except ValueError as error:
+            raise CotdistillError(str(error)) from None
+
+
+_CALCULATION = re.compile(r"<<([^=<>]*)=([^<>]*)>>")
+
+
+def gsm8k_gold(record: Record) -> dict[str, Any]:
+    """GSM8K's solution as structured fields: steps, calculator calls, Socratic sub-questions.
+
+    The Socratic variant writes each step as `sub-question ** step`; both files share this
+    parser, so passing either one gives the fields it has.
+    """
+    body = str(record.get("answer", "")).rpartition("####")[0]
+    lines = [line.strip() for line in body.strip().splitlines() if line.strip()]
+    gold: dict[str, Any] = {"calculations": [[expr.strip(), value.strip()] for expr, value in _CALCULATION.findall(body)]}
+    if lines and all(" ** " in line for line in lines):
+        pairs = [line.split(" ** ", 1) for line in lines]
+        gold["subquestions"] = [[q.strip(), _CALCULATION.sub("", step).strip()] for q, step in pairs]
+        lines = [step for _, step in pairs]
+    gold["solution"] = [_CALCULATION.sub("", line).strip() for line in lines]
+    return gold
+
+
+BUILTIN: dict[str, Task] = {
+    "gsm8k": DatasetTask(
+        "gsm8k", "grade-school math word problems (original or Socratic JSONL)",
+        answer_pattern=r"####\s*(.+?)\s*$", hf_path="openai/gsm8k", hf_config="main", gold_fields=gsm8k_gold,
+    ),
+    "svamp": DatasetTask(
+        "svamp", "SVAMP arithmetic word problems (SVAMP.json: Body, Question, Equation, Answer)",
+        question=("Body", "Question"), answer="Answer", id_field="ID", hf_path="ChilleD/SVAMP",
+        gold_fields=lambda record: {"equation": str(record.get("Equation", "")).strip()},
+    ),
+    "jsonl": DatasetTask("jsonl", "any JSONL file; map its fields with --field question=... --field answer=..."),
+    "csv": DatasetTask("csv", "any CSV/TSV file; map its columns with --field question=... --field answer=..."),
+    "arith": ArithTask(),
+}
+
+
+def get_task(name: str, fields: dict[str, str] | None = None, options: dict[str, str] | None = None) -> Task:
+    """A built-in task by name, or a task YAML file; `fields` remaps record fields, `options` sets task knobs."""
+    if name.endswith((".yaml", ".yml")):
+        task: Task = _task_from_yaml(Path(name))
+    elif name in BUILTIN:
+        task = BUILTIN[name]
+    else:
+        raise CotdistillError(f"unknown task {name!r} (known: {', '.join(BUILTIN)}, or a task .yaml file)")
+    changes: dict[str, Any] = {}
+    for key, value in (fields or {}).items():
+        if not isinstance(task, DatasetTask) or key not in ("question", "answer", "id"):
+            raise CotdistillError(f"--field {key}: task {task.name} maps only question, answer and id")
+        changes["id_field" if key == "id" else key] = tuple(value.split("+")) if key == "question" else value
+    for key, value in (options or {}).items():
+        changes[key] = _option_value(task, key, value)
+    return dataclasses.replace(task, **changes) if changes else task
+
+
+def _option_value(task: Task, key: str, value: str) -> Any:
+    names = {f.name: f for f in dataclasses.fields(task)}  # type: ignore[arg-type]
+    if key not in names or key in ("name", "description", "gold_fields", "question"):
+        raise CotdistillError(f"--option {key}: unknown option for task {task.name}")
+    if key == "kind" and value not in ANSWER_KINDS:
+        raise CotdistillError(f"--option kind: {value!r} is not one of {', '.join(ANSWER_KINDS)}")
+    current = getattr(task, key)
+    if isinstance(current, int):
+        try:
+            return int(value)
+        except ValueError:
+            raise CotdistillError(f"--option {key}: expected an integer, got {value!r}") from None
+    return value
+
+
+def _task_from_yaml(path: Path) -> DatasetTask:
+    if not path.is_file():
+        raise CotdistillError(f"{path}: no such file")
+    spec = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    known = {f.name for f in dataclasses.fields(DatasetTask)} - {"gold_fields"}
+    unknown = set(spec) - known
+    if unknown:
+        raise CotdistillError(f"{path}: unknown field(s) {', '.join(sorted(unknown))} (known: {', '.join(sorted(known))})")
+    if "question" in spec:
+        spec["question"] = tuple([spec["question"]] if isinstance(spec["question"], str) else spec["question"])
+    if spec.get("kind", "number") not in ANSWER_KINDS:
+        raise CotdistillError(f"{path}: kind {spec['kind']!r} is not one of {', '.join(ANSWER_KINDS)}")
+    spec.setdefault("name", path.stem)
+    spec.setdefault("description", f"task from {path}")
+    return DatasetTask(**spec)

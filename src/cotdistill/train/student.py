@@ -1,0 +1,87 @@
+"""train: fine-tune a student on the kept annotations of one method.
+
+Checkpoints go to `RUN_DIR/students/NAME/checkpoints`; a rerun resumes from the last one
+(transformers restores optimizer, scheduler, RNG and data order), and a finished student
+is not trained again. The final model (LoRA adapter or full weights) plus its tokenizer
+and a `cotdistill.json` of what produced it land in `RUN_DIR/students/NAME`.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+from cotdistill.errors import CotdistillError
+from cotdistill.methods import get_method
+from cotdistill.models import load_model
+from cotdistill.store import Store
+from cotdistill.train.sft import make_trainer
+from cotdistill.train.sft_config import SFTConfig
+
+
+def student_dir(run_dir: str | Path, name: str) -> Path:
+    return Path(run_dir) / "students" / name
+
+
+def train(
+    run_dir: str | Path,
+    name: str = "student",
+    student: str = "smollm2-135m",
+    method: str = "cot",
+    task: str | None = None,
+    split: str | None = "train",
+    **config: Any,
+) -> Path:
+    """Train `student` on the store's kept `method` annotations; returns the student's directory.
+
+    `config` takes any `SFTConfig` / TrainingArguments field (lora, learning_rate,
+    num_train_epochs, max_steps, per_device_train_batch_size, ...).
+    """
+    output = student_dir(run_dir, name)
+    store = Store(run_dir)
+    run_name = f"train:{name}"
+    previous = store.run(run_name)
+    if previous and previous["status"] == "done" and (output / "cotdistill.json").is_file():
+        store.close()
+        return output
+    the_method = get_method(method)
+    annotations = store.annotations(the_method.name, task, split)
+    if not annotations:
+        where = f" for task {task}" if task else ""
+        raise CotdistillError(f"{store.path}: no kept {method} annotations{where}; run `cotdistill annotate` first")
+    problems = {}
+    for annotation in annotations:
+        key = (annotation.task, annotation.split)
+        if key not in problems:
+            problems[key] = {p.id: p for p in store.problems(*key)}
+    examples = [
+        example
+        for a in annotations
+        for example in the_method.training_examples(problems[(a.task, a.split)][a.problem_id], a.parsed)
+    ]
+    try:
+        args = SFTConfig(output_dir=str(output / "checkpoints"), **config)
+    except TypeError as error:
+        raise CotdistillError(f"train: {error}") from None
+    store.start_run(run_name, "train", {"student": student, "method": method, "task": task, "split": split,
+                                        "examples": len(examples), **config})
+    model, tokenizer = load_model(student, merge_adapter=False)
+    trainer = make_trainer(model, tokenizer, args, examples)
+    checkpoints = sorted((output / "checkpoints").glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[-1]))
+    started = time.perf_counter()
+    result = trainer.train(resume_from_checkpoint=str(checkpoints[-1]) if checkpoints else None)
+    trainer.model.save_pretrained(output)
+    tokenizer.save_pretrained(output)
+    losses = [entry["loss"] for entry in trainer.state.log_history if "loss" in entry]
+    summary = {
+        "student": student, "method": method, "examples": len(examples), "lora": args.lora,
+        "steps": trainer.state.global_step, "train_loss": result.training_loss,
+        "first_logged_loss": losses[0] if losses else None, "last_logged_loss": losses[-1] if losses else None,
+        "seconds": time.perf_counter() - started, "resumed_from": checkpoints[-1].name if checkpoints else None,
+    }
+    (output / "cotdistill.json").write_text(json.dumps(summary, indent=2))
+    store.finish_run(run_name, summary)
+    store.close()
+    return output
