@@ -7,7 +7,6 @@ import sys
 from pathlib import Path
 from typing import Annotated, Any, Optional
 
-import click
 import typer
 from rich.console import Console
 from rich.table import Table
@@ -151,11 +150,9 @@ def run_recipe(
 def quickstart(run_dir: RunDir = Path("runs/quickstart")) -> None:
     """Offline demo on the embedded SmolLM2-135M: baseline eval, gold annotation, LoRA training, eval, report."""
     from cotdistill.recipe import run_recipe as run
-    from cotdistill.report import report as make_report
 
-    out = run("quickstart", run_dir)
-    console.print(make_report(out))
-    console.print(f"report: {out}/report.md and {out}/report.png")
+    out = run("quickstart", run_dir)  # its last step prints the report
+    console.print(f"report: {out}/report.md, {out}/report.csv and {out}/report.png")
 
 
 @app.command()
@@ -194,13 +191,7 @@ def tasks() -> None:
 def main() -> None:
     """Entry point: user errors become one line on stderr and exit code 2, never a traceback."""
     try:
-        app(standalone_mode=False)
-    except click.ClickException as error:  # usage errors: typer's own message, exit 2
-        error.show()
-        sys.exit(error.exit_code)
+        app()  # typer reports its own usage errors (exit 2) and turns Ctrl-C into "Aborted!"
     except CotdistillError as error:
         print(f"error: {error}", file=sys.stderr)
         sys.exit(2)
-    except KeyboardInterrupt:
-        print("interrupted: finished work is saved; rerun the same command to resume", file=sys.stderr)
-        sys.exit(130)

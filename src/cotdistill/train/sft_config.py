@@ -21,7 +21,7 @@ class SFTConfig(TrainingArguments):
     per_device_train_batch_size: int = 8
     num_train_epochs: float = 2.0
     lr_scheduler_type: str = "cosine"
-    warmup_steps: int = 10
+    warmup_steps: float = 0.1  # a float below 1 is a share of all steps
     logging_steps: int = 10
     save_strategy: str = "steps"
     save_steps: int = 50

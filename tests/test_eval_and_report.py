@@ -1,0 +1,58 @@
+import time
+
+from cotdistill.annotate import annotate
+from cotdistill.evaluate import evaluate, wilson_interval
+from cotdistill.models import LocalModel
+from cotdistill.report import report
+from cotdistill.store import Store
+from cotdistill.tasks import get_task
+from cotdistill.methods import get_method
+
+
+def test_wilson_interval_matches_known_values():
+    low, high = wilson_interval(50, 100)
+    assert round(low, 3) == 0.404 and round(high, 3) == 0.596
+    assert wilson_interval(0, 10)[0] == 0.0 and 0.27 < wilson_interval(0, 10)[1] < 0.29
+
+
+def test_batched_generation_equals_one_by_one(tiny_model):
+    """Left padding and length sorting must not change greedy outputs."""
+    problems = get_task("arith").load(split="test", limit=5)
+    requests = [get_method("cot").student_messages(p) for p in problems]
+    batched = LocalModel(str(tiny_model), batch_size=5).generate(requests, max_new_tokens=12)
+    single = LocalModel(str(tiny_model), batch_size=1).generate(requests, max_new_tokens=12)
+    assert [c.text for c in batched] == [c.text for c in single]
+    assert all(c.completion_tokens <= 12 and c.prompt_tokens > 20 for c in batched)
+
+
+def test_stop_strings_end_generation_early(tiny_base_model):
+    model = LocalModel(str(tiny_base_model), batch_size=2)
+    request = [{"role": "user", "content": "Tom has 3 apples."}]
+    [free] = model.generate([request], max_new_tokens=20)
+    assert free.finish_reason == "length" and len(free.text) > 8
+    stop = free.text[0]  # the untrained model repeats one character; stop at its first occurrence
+    [cut] = model.generate([request], max_new_tokens=20, stop=[stop])
+    assert stop not in cut.text and cut.finish_reason == "stop" and cut.completion_tokens < free.completion_tokens
+
+
+def test_eval_scores_stores_and_resumes(tmp_path, tiny_model):
+    metrics = evaluate(tmp_path, model=str(tiny_model), limit=6, max_new_tokens=8, name="tiny")
+    assert metrics["n"] == 6 and 0 <= metrics["accuracy_strict"] <= 1
+    assert metrics["ci95_low"] <= metrics["accuracy_strict"] <= metrics["ci95_high"]
+    assert 0 < metrics["completion_tokens_per_problem"] <= 8
+    started = time.perf_counter()
+    assert evaluate(tmp_path, model=str(tiny_model), limit=6, max_new_tokens=8, name="tiny") == metrics
+    assert time.perf_counter() - started < 5  # nothing regenerated, the model is not even loaded
+    more = evaluate(tmp_path, model=str(tiny_model), limit=9, max_new_tokens=8, name="tiny")
+    assert more["n"] == 9
+    assert len(list(Store(tmp_path).predictions("tiny"))) == 9
+
+
+def test_report_writes_table_csv_and_plot(tmp_path, tiny_model):
+    annotate(tmp_path, "arith", limit=4)
+    evaluate(tmp_path, model=str(tiny_model), limit=4, max_new_tokens=4, name="before")
+    evaluate(tmp_path, model=str(tiny_model), limit=4, max_new_tokens=4, name="after")
+    markdown = report(tmp_path)
+    assert "| before |" in markdown and "| after |" in markdown
+    assert (tmp_path / "report.csv").read_text().count("\n") == 3
+    assert (tmp_path / "report.png").read_bytes()[:4] == b"\x89PNG"
