@@ -2,7 +2,7 @@ import time
 
 from cotdistill.annotate import annotate
 from cotdistill.evaluate import evaluate, wilson_interval
-from cotdistill.models import LocalModel
+from cotdistill.models import LocalModel, render_prompt
 from cotdistill.report import report
 from cotdistill.store import Store
 from cotdistill.tasks import get_task
@@ -25,14 +25,49 @@ def test_batched_generation_equals_one_by_one(tiny_model):
     assert all(c.completion_tokens <= 12 and c.prompt_tokens > 20 for c in batched)
 
 
-def test_stop_strings_end_generation_early(tiny_base_model):
+def test_decoding_matches_transformers_generate_when_rows_finish_apart(tiny_model):
+    """Dropping finished rows from the batch and KV cache must not change any row's tokens.
+
+    A token that the untrained model emits at different steps in different rows is made
+    the EOS, so rows leave the batch at different times."""
+    import collections
+
+    model = LocalModel(str(tiny_model), batch_size=8)
+    problems = get_task("arith").load(split="test", limit=8)
+    prompts = [render_prompt(model.tokenizer, get_method("cot").student_messages(p)) for p in problems]
+    encoded = [model.tokenizer(p, add_special_tokens=False, return_tensors="pt") for p in prompts]
+
+    def reference(eos: int | None) -> list[list[int]]:
+        rows = []
+        for inputs in encoded:
+            out = model.model.generate(**inputs, max_new_tokens=24, do_sample=False, eos_token_id=eos,
+                                       pad_token_id=model.tokenizer.pad_token_id)
+            rows.append(out[0, inputs["input_ids"].shape[1]:].tolist())
+        return rows
+
+    free = reference(None)
+    counts = collections.Counter(t for row in free for t in set(row[:20]))
+    eos = next(t for t, n in counts.most_common() if 2 <= n < len(free))  # in some rows, not all
+    model.model.generation_config.eos_token_id = eos
+    model.tokenizer.eos_token = model.tokenizer.convert_ids_to_tokens(eos)
+    expected = reference(eos)
+    assert len({len(row) for row in expected}) >= 2  # rows really do finish apart
+    ours = model.generate([get_method("cot").student_messages(p) for p in problems], max_new_tokens=24)
+    for completion, row in zip(ours, expected):
+        assert completion.completion_tokens == len(row)
+        assert completion.text == model.tokenizer.decode(row, skip_special_tokens=True).strip()
+        assert completion.finish_reason == ("stop" if row[-1] == eos else "length")
+
+
+def test_stop_strings_cut_the_completion_where_they_first_appear(tiny_base_model):
     model = LocalModel(str(tiny_base_model), batch_size=2)
     request = [{"role": "user", "content": "Tom has 3 apples."}]
-    [free] = model.generate([request], max_new_tokens=20)
-    assert free.finish_reason == "length" and len(free.text) > 8
-    stop = free.text[0]  # the untrained model repeats one character; stop at its first occurrence
-    [cut] = model.generate([request], max_new_tokens=20, stop=[stop])
-    assert stop not in cut.text and cut.finish_reason == "stop" and cut.completion_tokens < free.completion_tokens
+    [free] = model.generate([request], max_new_tokens=30)
+    assert free.finish_reason == "length" and len(free.text) > 12
+    stop = free.text[8:11]  # a string the model does write, a few tokens in
+    [cut] = model.generate([request], max_new_tokens=30, stop=[stop])
+    assert cut.text == free.text[: free.text.index(stop)].strip()
+    assert cut.finish_reason == "stop" and cut.completion_tokens < free.completion_tokens
 
 
 def test_eval_scores_stores_and_resumes(tmp_path, tiny_model):
@@ -46,6 +81,7 @@ def test_eval_scores_stores_and_resumes(tmp_path, tiny_model):
     more = evaluate(tmp_path, model=str(tiny_model), limit=9, max_new_tokens=8, name="tiny")
     assert more["n"] == 9
     assert len(list(Store(tmp_path).predictions("tiny"))) == 9
+    assert evaluate(tmp_path, model=str(tiny_model), limit=3, max_new_tokens=8, name="tiny")["n"] == 3
 
 
 def test_report_writes_table_csv_and_plot(tmp_path, tiny_model):

@@ -68,8 +68,9 @@ def annotate(
     """Have a teacher write rationales; keep those whose answer checks out."""
     from cotdistill.annotate import annotate as run
 
-    _show(run(run_dir, task, data, split, limit, method, teacher, samples, temperature, max_new_tokens, seed,
-              batch_size, _pairs(field, "--field"), _pairs(option, "--option")))
+    _show(run(run_dir, task, data=data, split=split, limit=limit, method=method, teacher=teacher, samples=samples,
+              temperature=temperature, max_new_tokens=max_new_tokens, seed=seed, batch_size=batch_size,
+              fields=_pairs(field, "--field"), options=_pairs(option, "--option")))
 
 
 @app.command()
@@ -97,7 +98,7 @@ def train(
                               "learning_rate": learning_rate or (1e-3 if lora else 5e-5),
                               "per_device_train_batch_size": batch_size, "max_length": max_length, "seed": seed}
     config.update({k: yaml.safe_load(v) for k, v in _pairs(set_, "--set").items()})
-    output = run(run_dir, name, student, method, task, **config)
+    output = run(run_dir, name=name, student=student, method=method, task=task, **config)
     console.print(f"student saved in [bold]{output}[/bold]")
 
 
@@ -121,8 +122,9 @@ def evaluate(
     """Evaluate a model: accuracy (strict and flexible, 95% CI), tokens and time per problem."""
     from cotdistill.evaluate import evaluate as run
 
-    _show(run(run_dir, model, task, data, split, limit, method, name, temperature, max_new_tokens, batch_size, seed,
-              _pairs(field, "--field"), _pairs(option, "--option")))
+    _show(run(run_dir, model=model, task=task, data=data, split=split, limit=limit, method=method, name=name,
+              temperature=temperature, max_new_tokens=max_new_tokens, batch_size=batch_size, seed=seed,
+              fields=_pairs(field, "--field"), options=_pairs(option, "--option")))
 
 
 @app.command()

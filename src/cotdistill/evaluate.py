@@ -8,7 +8,6 @@ where an interrupted one stopped and a finished one costs nothing.
 from __future__ import annotations
 
 import math
-import time
 from pathlib import Path
 from typing import Any
 
@@ -62,18 +61,14 @@ def evaluate(
     pending = [p for p in problems if (p.id, 0) not in done]
     if pending:
         backend = LocalModel(model_path, batch_size=batch_size)
-        config["parameters"] = backend.parameters
         chunk = batch_size * 4
-        started = time.perf_counter()
         for start in range(0, len(pending), chunk):
             batch = pending[start : start + chunk]
             completions = backend.generate([the_method.student_messages(p) for p in batch], max_new_tokens,
                                            temperature, the_method.stop, seed + start,
                                            progress=f"eval {model} [{start + len(batch)}/{len(pending)}]")
             store.add_predictions(_prediction(run, p, c) for p, c in zip(batch, completions))
-        config["wall_seconds"] = time.perf_counter() - started
-        store.start_run(run, "eval", config)
-    metrics = score(store, run)
+    metrics = score(store, run, {p.id for p in problems})
     store.set_metrics(run, metrics)
     store.finish_run(run, metrics)
     store.close()
@@ -88,8 +83,9 @@ def _prediction(run: str, problem: Any, completion: Any) -> Prediction:
                       completion.prompt_tokens, completion.completion_tokens, completion.seconds)
 
 
-def score(store: Store, run: str) -> dict[str, float]:
-    predictions = list(store.predictions(run))
+def score(store: Store, run: str, problem_ids: set[str]) -> dict[str, float]:
+    """Metrics over this call's problems only, however many the run has predicted before."""
+    predictions = [p for p in store.predictions(run) if p.problem_id in problem_ids]
     n = len(predictions)
     strict = sum(p.correct_strict for p in predictions)
     flexible = sum(p.correct_flexible for p in predictions)

@@ -74,6 +74,7 @@ def _plot(rows: list[dict[str, Any]], path: Path) -> None:
     errors = [[s - r["_low"] for s, r in zip(strict, rows)], [r["_high"] - s for s, r in zip(strict, rows)]]
     bars.barh(labels, strict, xerr=errors, color="tab:blue", capsize=4, label="strict (95% CI)")
     bars.scatter([r["flexible %"] for r in rows], labels, color="tab:orange", zorder=3, label="flexible")
+    bars.set_title("accuracy per eval run")
     bars.set_xlabel("accuracy (%)")
     bars.set_xlim(0, 100)
     bars.invert_yaxis()
@@ -81,6 +82,7 @@ def _plot(rows: list[dict[str, Any]], path: Path) -> None:
     for r in rows:
         cost.errorbar(r["tokens/problem"], r["strict %"], yerr=[[r["strict %"] - r["_low"]], [r["_high"] - r["strict %"]]],
                       fmt="o", capsize=4, label=r["run"])
+    cost.set_title("accuracy vs inference cost")
     cost.set_xlabel("generated tokens per problem")
     cost.set_ylabel("strict accuracy (%)")
     cost.set_ylim(0, 100)
