@@ -52,13 +52,13 @@ def annotate(
     `teacher` is "gold" (the task's own reference rationales, replayed: no model needed) or
     any model name `LocalModel` accepts (the embedded alias, a local directory, a hub id).
     """
+    if teacher == GOLD and samples != 1:
+        raise CotdistillError("the gold teacher has one rationale per problem: use --samples 1")
     the_task = get_task(task, fields, options)
     the_method = get_method(method)
     problems = the_task.load(data, split, limit)
     store = Store(run_dir)
     store.add_problems(the_task.name, split, problems)
-    if teacher == GOLD and samples != 1:
-        raise CotdistillError("the gold teacher has one rationale per problem: use --samples 1")
     sampling = {"temperature": temperature, "max_new_tokens": max_new_tokens, "seed": seed}
     requests = []
     for problem in problems:
@@ -78,10 +78,8 @@ def annotate(
             else:
                 completions = model.generate([r.messages for r in batch], max_new_tokens, temperature,
                                              the_method.stop, seed + start)
-            rows = []
-            for request, completion in zip(batch, completions):
-                rows.append(_annotation(the_task.name, split, the_method, teacher, request, completion))
-            store.add_annotations(rows)
+            store.add_annotations(_annotation(the_task.name, split, the_method, teacher, request, completion)
+                                  for request, completion in zip(batch, completions))
             bar.update(len(batch))
     kept = len(store.annotations(the_method.name, the_task.name, split))
     summary = {"problems": len(problems), "requests": len(requests), "new": len(pending), "kept": kept,

@@ -157,15 +157,6 @@ class Store:
         return [Annotation(**{**_columns(r, Annotation), "parsed": json.loads(r["parsed"]), "kept": bool(r["kept"])})
                 for r in rows]
 
-    def annotation_counts(self) -> list[dict[str, Any]]:
-        """Kept/rejected counts and spend per (task, split, method, teacher), for status views."""
-        rows = self.db.execute(
-            "SELECT task, split, method, teacher, SUM(kept) AS kept, SUM(1 - kept) AS rejected, "
-            "SUM(prompt_tokens + completion_tokens) AS tokens, SUM(cost) AS cost "
-            "FROM annotations GROUP BY task, split, method, teacher ORDER BY task, split, method, teacher"
-        )
-        return [dict(r) for r in rows]
-
     def rejection_reasons(self, method: str) -> dict[str, int]:
         rows = self.db.execute(
             "SELECT reason, COUNT(*) FROM annotations WHERE method = ? AND kept = 0 GROUP BY reason", (method,)

@@ -68,8 +68,7 @@ def resolve_model(name: str) -> str:
     return name
 
 
-def load_model(name: str, device: str | None = None, dtype: torch.dtype | None = None,
-               merge_adapter: bool = True) -> tuple[Any, Any]:
+def load_model(name: str, device: str | None = None, dtype: torch.dtype | None = None) -> tuple[Any, Any]:
     """(model, tokenizer). A LoRA checkpoint loads onto its base model, merged for fast inference."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -82,9 +81,7 @@ def load_model(name: str, device: str | None = None, dtype: torch.dtype | None =
 
         base = json.loads(adapter_config.read_text())["base_model_name_or_path"]
         model = AutoModelForCausalLM.from_pretrained(resolve_model(base), dtype=dtype)
-        model = PeftModel.from_pretrained(model, path)
-        if merge_adapter:
-            model = model.merge_and_unload()
+        model = PeftModel.from_pretrained(model, path).merge_and_unload()
     else:
         model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype)
     tokenizer = AutoTokenizer.from_pretrained(path)
@@ -126,9 +123,7 @@ class LocalModel:
         self.name = name
         self.model, self.tokenizer = load_model(name, device, dtype)
         self.model.eval()
-        self.tokenizer.padding_side = "left"
         self.batch_size = batch_size
-        self.parameters = sum(p.numel() for p in self.model.parameters())
 
     @property
     def device(self) -> torch.device:
@@ -170,7 +165,7 @@ class LocalModel:
         active = list(range(len(batch)))
         output = self.model(input_ids=input_ids, attention_mask=mask,
                             position_ids=(mask.cumsum(-1) - 1).clamp(min=0), use_cache=True, logits_to_keep=1)
-        for _ in range(max_new_tokens):
+        for step in range(max_new_tokens):
             logits = output.logits[:, -1].float()
             if temperature > 0:
                 tokens = torch.multinomial(torch.softmax(logits / temperature, dim=-1), 1, generator=generator)[:, 0]
@@ -183,7 +178,7 @@ class LocalModel:
                     finish[row] = "stop"
                 else:
                     keep.append(position)
-            if not keep or len(generated[active[keep[0]]]) >= max_new_tokens:
+            if not keep or step == max_new_tokens - 1:
                 break
             if len(keep) < len(active):
                 index = torch.tensor(keep, device=self.device)

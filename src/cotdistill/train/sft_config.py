@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+import torch
 from transformers import TrainingArguments
 
 
@@ -31,3 +32,4 @@ class SFTConfig(TrainingArguments):
     report_to: str | list[str] = "none"
     seed: int = 0
     disable_tqdm: bool = False
+    dataloader_pin_memory: bool = torch.cuda.is_available()  # pinning is for GPU copies only

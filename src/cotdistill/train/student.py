@@ -13,6 +13,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from transformers.trainer_utils import get_last_checkpoint
+
 from cotdistill.errors import CotdistillError
 from cotdistill.methods import get_method
 from cotdistill.models import load_model
@@ -67,11 +69,11 @@ def train(
         raise CotdistillError(f"train: {error}") from None
     store.start_run(run_name, "train", {"student": student, "method": method, "task": task, "split": split,
                                         "examples": len(examples), **config})
-    model, tokenizer = load_model(student, merge_adapter=False)
+    model, tokenizer = load_model(student)  # a LoRA student arrives merged, so new adapters never nest
     trainer = make_trainer(model, tokenizer, args, examples)
-    checkpoints = sorted((output / "checkpoints").glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[-1]))
+    last = get_last_checkpoint(args.output_dir) if Path(args.output_dir).is_dir() else None
     started = time.perf_counter()
-    result = trainer.train(resume_from_checkpoint=str(checkpoints[-1]) if checkpoints else None)
+    result = trainer.train(resume_from_checkpoint=last)
     trainer.model.save_pretrained(output)
     tokenizer.save_pretrained(output)
     losses = [entry["loss"] for entry in trainer.state.log_history if "loss" in entry]
@@ -79,7 +81,7 @@ def train(
         "student": student, "method": method, "examples": len(examples), "lora": args.lora,
         "steps": trainer.state.global_step, "train_loss": result.training_loss,
         "first_logged_loss": losses[0] if losses else None, "last_logged_loss": losses[-1] if losses else None,
-        "seconds": time.perf_counter() - started, "resumed_from": checkpoints[-1].name if checkpoints else None,
+        "seconds": time.perf_counter() - started, "resumed_from": Path(last).name if last else None,
     }
     (output / "cotdistill.json").write_text(json.dumps(summary, indent=2))
     store.finish_run(run_name, summary)
