@@ -72,3 +72,29 @@ def test_unknown_training_argument_is_a_clear_error(tmp_path, tiny_model):
     annotate(tmp_path, "arith", limit=4)
     with pytest.raises(CotdistillError, match="learning_rat"):
         train(tmp_path, student=str(tiny_model), learning_rat=1e-3)
+
+
+def test_resume_after_a_crash_gives_the_same_weights(tmp_path, tiny_model):
+    """A crash right after checkpoint-2 leaves exactly that checkpoint and an unfinished run;
+    rebuilding that state from an uninterrupted run and resuming must give its final weights."""
+    import shutil
+
+    from safetensors.torch import load_file
+
+    settings = dict(student=str(tiny_model), lora=False, max_steps=4, save_steps=2, save_total_limit=None,
+                    learning_rate=3e-3, per_device_train_batch_size=4, disable_tqdm=True)
+    uninterrupted = tmp_path / "uninterrupted"
+    annotate(uninterrupted, "arith", limit=16)
+    finished = train(uninterrupted, **settings)
+
+    crashed = tmp_path / "crashed"
+    annotate(crashed, "arith", limit=16)
+    checkpoint = crashed / "students" / "student" / "checkpoints" / "checkpoint-2"
+    shutil.copytree(finished / "checkpoints" / "checkpoint-2", checkpoint)
+    resumed = train(crashed, **settings)
+
+    assert json.loads((resumed / "cotdistill.json").read_text())["resumed_from"] == "checkpoint-2"
+    expected, actual = load_file(finished / "model.safetensors"), load_file(resumed / "model.safetensors")
+    assert expected.keys() == actual.keys()
+    for name in expected:
+        assert torch.allclose(expected[name], actual[name], atol=1e-6), name
