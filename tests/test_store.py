@@ -22,8 +22,20 @@ def test_problems_without_gold_are_rejected_with_reason(tmp_path):
 
 def test_runs_resume_instead_of_duplicating(tmp_path):
     store = Store(tmp_path)
-    store.start_run("eval:x", "eval", {"a": 1})
-    store.start_run("eval:x", "eval", {"a": 2})
+    store.start_run("eval:x", "eval", {"a": 1, "problems": 5})
+    store.start_run("eval:x", "eval", {"a": 1, "problems": 9})
     store.finish_run("eval:x", {"accuracy": 0.5})
     [run] = store.runs("eval")
-    assert (run["status"], run["config"], run["result"]) == ("done", {"a": 2}, {"accuracy": 0.5})
+    assert (run["status"], run["config"], run["result"]) == ("done", {"a": 1, "problems": 9}, {"accuracy": 0.5})
+
+
+def test_a_run_refuses_other_settings_under_its_name(tmp_path):
+    import pytest
+
+    from cotdistill.errors import CotdistillError
+
+    store = Store(tmp_path)
+    store.start_run("eval:x", "eval", {"model": "a", "max_new_tokens": 64, "problems": 10})
+    store.start_run("eval:x", "eval", {"model": "a", "max_new_tokens": 64, "problems": 20})  # more problems: fine
+    with pytest.raises(CotdistillError, match=r"run 'eval:x' exists with other settings \(max_new_tokens\)"):
+        store.start_run("eval:x", "eval", {"model": "a", "max_new_tokens": 128, "problems": 20})

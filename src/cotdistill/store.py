@@ -17,6 +17,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from cotdistill.errors import CotdistillError
 from cotdistill.tasks import Problem
 
 SCHEMA = """
@@ -165,13 +166,28 @@ class Store:
 
     # runs -------------------------------------------------------------------------------
     def start_run(self, name: str, kind: str, config: dict[str, Any]) -> None:
-        """Record a run; an earlier unfinished run of the same name is resumed, not duplicated."""
+        """Record a run; an earlier run of the same name and settings is resumed, not duplicated."""
+        self.check_settings(name, config)
         with self.db:
             self.db.execute(
                 "INSERT INTO runs (name, kind, config, status, started) VALUES (?, ?, ?, 'running', ?) "
                 "ON CONFLICT (name) DO UPDATE SET config = excluded.config, status = 'running'",
                 (name, kind, json.dumps(config), time.time()),
             )
+
+    def check_settings(self, name: str, config: dict[str, Any]) -> None:
+        """Refuse to resume a run under settings other than its own: its stored results would be
+        silently mixed with, or taken for, results of the new settings. Sizes may grow."""
+        previous = self.run(name)
+        if previous is None:
+            return
+        sizes = {"problems", "examples"}
+        old = {k: v for k, v in previous["config"].items() if k not in sizes}
+        new = {k: v for k, v in json.loads(json.dumps(config)).items() if k not in sizes}
+        if old != new:
+            changed = sorted(k for k in old.keys() | new.keys() if old.get(k) != new.get(k))
+            raise CotdistillError(f"{self.path}: run {name!r} exists with other settings ({', '.join(changed)}); "
+                                  "give this one another name")
 
     def finish_run(self, name: str, result: dict[str, Any]) -> None:
         with self.db:

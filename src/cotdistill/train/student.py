@@ -44,6 +44,8 @@ def train(
     output = student_dir(run_dir, name)
     store = Store(run_dir)
     run_name = f"train:{name}"
+    settings = {"student": student, "method": method, "task": task, "split": split, **config}
+    store.check_settings(run_name, settings)
     previous = store.run(run_name)
     if previous and previous["status"] == "done" and (output / "cotdistill.json").is_file():
         store.close()
@@ -67,8 +69,7 @@ def train(
         args = SFTConfig(output_dir=str(output / "checkpoints"), **config)
     except TypeError as error:
         raise CotdistillError(f"train: {error}") from None
-    store.start_run(run_name, "train", {"student": student, "method": method, "task": task, "split": split,
-                                        "examples": len(examples), **config})
+    store.start_run(run_name, "train", {**settings, "examples": len(examples)})
     model, tokenizer = load_model(student)  # a LoRA student arrives merged, so new adapters never nest
     trainer = make_trainer(model, tokenizer, args, examples)
     last = get_last_checkpoint(args.output_dir) if Path(args.output_dir).is_dir() else None
