@@ -56,8 +56,13 @@ def resolve_model(name: str) -> str:
         if not ((path / "config.json").is_file() or (path / "adapter_config.json").is_file()):
             raise CotdistillError(f"{path}: not a model directory (no config.json or adapter_config.json)")
         return str(path)
+    import logging
+
     from transformers import AutoConfig
 
+    hub_logger = logging.getLogger("huggingface_hub")
+    level = hub_logger.level
+    hub_logger.setLevel(logging.CRITICAL)  # its retry warnings would bury the one-line error
     try:
         AutoConfig.from_pretrained(name)
     except Exception:  # OSError, HTTP errors, offline errors: all mean "cannot be had"
@@ -65,6 +70,8 @@ def resolve_model(name: str) -> str:
             f"unknown model {name!r}: not an alias ({', '.join(ALIASES)}), not a local directory, "
             "and not a Hugging Face model id reachable from here"
         ) from None
+    finally:
+        hub_logger.setLevel(level)
     return name
 
 
