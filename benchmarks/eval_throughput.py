@@ -92,8 +92,7 @@ def run_ours(workdir: Path, data: Path, args: argparse.Namespace) -> dict:
 
     metrics = Store(run_dir).metrics("bench")
     return {"tool": "cotdistill eval", "batch": args.batch_size, "seconds": seconds,
-            "strict": metrics["accuracy_strict"], "flexible": metrics["accuracy_flexible"],
-            "tokens": metrics["completion_tokens_per_problem"]}
+            "strict": metrics["accuracy_strict"], "flexible": metrics["accuracy_flexible"]}
 
 
 def run_lm_eval(workdir: Path, batch_size: int, args: argparse.Namespace) -> dict:
@@ -105,8 +104,7 @@ def run_lm_eval(workdir: Path, batch_size: int, args: argparse.Namespace) -> dic
     seconds = timed(command)
     results = json.loads(next(output.rglob("results_*.json")).read_text())["results"]["gsm8k_cotdistill"]
     return {"tool": "lm_eval --model hf", "batch": batch_size, "seconds": seconds,
-            "strict": results["exact_match,strict-match"], "flexible": results["exact_match,flexible-extract"],
-            "tokens": float("nan")}
+            "strict": results["exact_match,strict-match"], "flexible": results["exact_match,flexible-extract"]}
 
 
 def main() -> None:
