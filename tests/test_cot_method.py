@@ -35,6 +35,6 @@ def test_teacher_prompt_is_few_shot_and_ends_with_the_question():
 
 
 def test_training_example_is_student_prompt_and_rationale():
-    [(messages, completion)] = COT.training_examples(PROBLEM, {"rationale": "3 + 4 = 7. The answer is 7."})
-    assert messages == COT.student_messages(PROBLEM)
-    assert completion == "3 + 4 = 7. The answer is 7."
+    [example] = COT.training_examples(PROBLEM, {"rationale": "3 + 4 = 7. The answer is 7."})
+    assert example.role == "student" and example.messages == COT.student_messages(PROBLEM)
+    assert example.completion == "3 + 4 = 7. The answer is 7."

@@ -17,7 +17,7 @@ def test_problems_without_gold_are_rejected_with_reason(tmp_path):
     data.write_text('{"question": "2+2?", "answer": "4"}\n')
     summary = annotate(tmp_path / "run", "jsonl", data=data)
     assert summary["kept"] == 0
-    assert summary["rejected"] == {"task has no gold rationale for this method": 1}
+    assert summary["rejected_by_reason"] == {"task has no gold rationale for this method": 1}
 
 
 def test_runs_resume_instead_of_duplicating(tmp_path):

@@ -6,7 +6,7 @@ from transformers import AutoTokenizer
 
 from cotdistill.annotate import annotate
 from cotdistill.errors import CotdistillError
-from cotdistill.methods import get_method
+from cotdistill.methods import Example, get_method
 from cotdistill.models import load_model, render_completion
 from cotdistill.tasks import get_task
 from cotdistill.train import SFTConfig, train
@@ -31,7 +31,7 @@ def test_completion_only_loss_equals_the_reference_loss(tiny_model):
     """Skipping prompt logits must not change the loss: compare with the model's own loss."""
     model, tokenizer = load_model(str(tiny_model))
     problems = get_task("arith").load(split="train", limit=6)
-    examples = [(COT.student_messages(p), p.gold["cot"]) for p in problems]
+    examples = [Example("student", COT.student_messages(p), p.gold["cot"]) for p in problems]
     trainer = make_trainer(model, tokenizer, SFTConfig(output_dir="/tmp/unused", lora=False), examples)
     batch = CompletionCollator(tokenizer.pad_token_id)([trainer.train_dataset[i] for i in range(6)])
     with torch.no_grad():

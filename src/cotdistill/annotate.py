@@ -2,25 +2,37 @@
 checked, and stored kept or rejected (with the reason).
 
 Resumable by construction: every request is keyed by a hash of (teacher, method, prompt,
-sampling, sample index); a rerun asks the store which keys exist and sends only the rest,
-and results are committed chunk by chunk.
+sampling, sample index); a rerun asks the store which keys exist and sends only the rest.
+Results are committed every few dozen rows or half second, so a crash or kill -9 loses
+at most the requests in flight, which the next run sends again. A request that fails
+every retry is not stored: it stays pending, never recorded as done.
+
+Teachers: `gold` (the task's own reference reasoning, replayed through the same parser),
+`openai:MODEL` (any OpenAI-compatible server), or a local model (the embedded alias, a
+directory, a hub id).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, fields as dataclass_fields
 from pathlib import Path
 from typing import Any
 
 from tqdm.auto import tqdm
 
 from cotdistill.errors import CotdistillError
-from cotdistill.methods import get_method
-from cotdistill.models import Completion, LocalModel
+from cotdistill.methods import Method, get_method
+from cotdistill.methods.base import check_answer
+from cotdistill.models import Completion, LocalModel, Messages
+from cotdistill.models.openai_api import PREFIX as API_PREFIX
+from cotdistill.models.openai_api import APIConfig, Budget, OpenAITeacher
 from cotdistill.store import Annotation, Store, request_key
 from cotdistill.tasks import Problem, get_task
 
 GOLD = "gold"
+FLUSH_ROWS, FLUSH_SECONDS = 64, 0.5
 
 
 @dataclass(frozen=True)
@@ -28,7 +40,7 @@ class Request:
     key: str
     problem: Problem
     sample: int
-    messages: list[dict[str, str]]
+    messages: Messages
 
 
 def annotate(
@@ -46,68 +58,176 @@ def annotate(
     batch_size: int = 32,
     fields: dict[str, str] | None = None,
     options: dict[str, str] | None = None,
+    prompts: str | Path | None = None,
+    api: dict[str, Any] | None = None,
+    verify_with: str | None = None,
+    status: bool = False,
 ) -> dict[str, Any]:
-    """Annotate `limit` problems with `samples` teacher replies each; returns kept/rejected counts.
+    """Annotate `limit` problems with `samples` teacher replies each; returns counts and spend.
 
-    `teacher` is "gold" (the task's own reference rationales, replayed: no model needed) or
-    any model name `LocalModel` accepts (the embedded alias, a local directory, a hub id).
+    `api` sets the OpenAI-compatible backend (any `APIConfig` field but `model`: base_url,
+    concurrency, requests_per_minute, top_logprobs, prices, max_cost, max_tokens, ...).
+    `verify_with` (decompose only) names a solver model that must reach the gold answer
+    with a decomposition for it to be kept. `status` only reports done/pending/spend.
     """
     if teacher == GOLD and samples != 1:
         raise CotdistillError("the gold teacher has one rationale per problem: use --samples 1")
     the_task = get_task(task, fields, options)
-    the_method = get_method(method)
+    the_method = get_method(method, prompts)
+    if verify_with and not hasattr(the_method, "solver_messages"):
+        raise CotdistillError(f"--verify-with filters decompositions; method {method} has no solver stage")
+    config = _api_config(teacher, api)
     problems = the_task.load(data, split, limit)
     store = Store(run_dir)
     store.add_problems(the_task.name, split, problems)
-    sampling = {"temperature": temperature, "max_new_tokens": max_new_tokens, "seed": seed}
+    sampling: dict[str, Any] = {} if teacher == GOLD else {
+        "temperature": temperature, "max_new_tokens": max_new_tokens, "seed": seed}
+    if config and config.top_logprobs:
+        sampling["top_logprobs"] = config.top_logprobs
     requests = []
     for problem in problems:
         messages = the_method.teacher_messages(problem)
         for sample in range(samples):
-            key = request_key(teacher, the_method.name, messages, sampling if teacher != GOLD else {}, sample)
+            key = request_key(teacher, the_method.name, messages, sampling, sample)
             requests.append(Request(key, problem, sample, messages))
-    done = store.annotation_keys(r.key for r in requests)
+    keys = [r.key for r in requests]
+    done = store.annotation_keys(keys)
     pending = [r for r in requests if r.key not in done]
-    model = LocalModel(teacher, batch_size=batch_size) if pending and teacher != GOLD else None
-    chunk = max(batch_size, 1) * 4
-    with tqdm(total=len(requests), initial=len(requests) - len(pending), desc=f"annotate {method}", unit="req") as bar:
-        for start in range(0, len(pending), chunk):
-            batch = pending[start : start + chunk]
-            if model is None:
-                completions = [_gold_completion(the_method, r.problem) for r in batch]
+    result: dict[str, Any] = {}
+    if pending and not status:
+        writer = _Writer(store, the_task.name, split, the_method, teacher)
+        with tqdm(total=len(requests), initial=len(requests) - len(pending), desc=f"annotate {method}",
+                  unit="req") as bar:
+            writer.bar = bar
+            if teacher == GOLD:
+                for request in pending:
+                    writer.add(request, _gold_completion(the_method, request.problem))
+            elif config is not None:
+                spent = store.annotation_spend(keys)
+                budget = Budget(config, spent["cost"], spent["prompt_tokens"] + spent["completion_tokens"])
+                backend = OpenAITeacher(config)
+                counts = backend.run([(r.messages, seed + r.sample) for r in pending], max_new_tokens, temperature,
+                                     the_method.stop, budget, lambda i, c: writer.add(pending[i], c))
+                result = {"failed": counts["failed"], "retries": backend.retries,
+                          "stopped_by_budget": budget.exhausted, "not_sent": counts["skipped"]}
             else:
-                completions = model.generate([r.messages for r in batch], max_new_tokens, temperature,
-                                             the_method.stop, seed + start)
-            store.add_annotations(_annotation(the_task.name, split, the_method, teacher, request, completion)
-                                  for request, completion in zip(batch, completions))
-            bar.update(len(batch))
-    kept = len(store.annotations(the_method.name, the_task.name, split))
-    summary = {"problems": len(problems), "requests": len(requests), "new": len(pending), "kept": kept,
-               "rejected": store.rejection_reasons(the_method.name)}
+                model = LocalModel(teacher, batch_size=batch_size)
+                chunk = max(batch_size, 1) * 4
+                for start in range(0, len(pending), chunk):
+                    batch = pending[start : start + chunk]
+                    completions = model.generate([r.messages for r in batch], max_new_tokens, temperature,
+                                                 the_method.stop, seed + start)
+                    for request, completion in zip(batch, completions):
+                        writer.add(request, completion)
+        writer.flush()
+    if verify_with and not status:
+        result["verified"] = _verify(store, the_method, requests, verify_with, config if verify_with.startswith(API_PREFIX) else None,
+                                     max_new_tokens, batch_size)
+    summary = {"problems": len(problems), "requests": len(requests), "new": 0 if status else len(pending),
+               **store.annotation_status(keys), **result}
     store.close()
     return summary
 
 
-def _gold_completion(method: Any, problem: Problem) -> Completion:
+def _api_config(teacher: str, api: dict[str, Any] | None) -> APIConfig | None:
+    if not teacher.startswith(API_PREFIX):
+        if api:
+            raise CotdistillError(f"API options ({', '.join(api)}) apply to openai:MODEL teachers, not {teacher!r}")
+        return None
+    known = {f.name for f in dataclass_fields(APIConfig)} - {"model"}
+    unknown = set(api or {}) - known
+    if unknown:
+        raise CotdistillError(f"unknown API option(s) {', '.join(sorted(unknown))} (known: {', '.join(sorted(known))})")
+    return APIConfig(model=teacher[len(API_PREFIX):], **(api or {}))
+
+
+class _Writer:
+    """Parses finished requests and commits them in small batches (by count or by time)."""
+
+    def __init__(self, store: Store, task: str, split: str, method: Method, teacher: str):
+        self.store, self.task, self.split, self.method, self.teacher = store, task, split, method, teacher
+        self.buffer: list[tuple[Request, Completion]] = []
+        self.flushed = time.monotonic()
+        self.bar: Any = None
+
+    def add(self, request: Request, completion: Completion) -> None:
+        self.buffer.append((request, completion))
+        if len(self.buffer) >= FLUSH_ROWS or time.monotonic() - self.flushed > FLUSH_SECONDS:
+            self.flush()
+
+    def flush(self) -> None:
+        batch, self.buffer, self.flushed = self.buffer, [], time.monotonic()
+        if not batch:
+            return
+        parseable = [i for i, (_, c) in enumerate(batch) if _failure(c) is None]
+        parsed = dict(zip(parseable, self.method.parse_many([batch[i][1].text for i in parseable],
+                                                            [batch[i][0].problem for i in parseable])))
+        rows = []
+        for i, (request, completion) in enumerate(batch):
+            outcome = parsed.get(i)
+            rows.append(Annotation(
+                key=request.key, task=self.task, split=self.split, problem_id=request.problem.id,
+                method=self.method.name, teacher=self.teacher, sample=request.sample,
+                prompt=_prompt_text(request.messages), text=completion.text,
+                parsed=outcome.fields if outcome else {}, answer=outcome.answer if outcome else None,
+                kept=bool(outcome and outcome.kept), reason=outcome.reason if outcome else _failure(completion) or "",
+                prompt_tokens=completion.prompt_tokens, completion_tokens=completion.completion_tokens,
+                cost=completion.cost, finish_reason=completion.finish_reason, logprobs=completion.logprobs,
+            ))
+        self.store.add_annotations(rows)
+        if self.bar is not None:
+            self.bar.update(len(rows))
+
+
+def _failure(completion: Completion) -> str | None:
+    """Why a completion cannot be parsed at all, or None."""
+    reason = completion.finish_reason
+    if reason == "missing":
+        return "task has no gold rationale for this method"
+    if reason == "length":
+        return "cut off at max_new_tokens"
+    if reason == "content_filter":
+        return "blocked by the teacher's content filter"
+    if reason.startswith("refused"):
+        return f"teacher {reason}"
+    return None
+
+
+def _gold_completion(method: Method, problem: Problem) -> Completion:
     text = method.gold_rationale(problem)
     return Completion(text or "", 0, 0, "stop" if text else "missing", 0.0)
 
 
-def _annotation(task: str, split: str, method: Any, teacher: str, request: Request, completion: Completion) -> Annotation:
-    if completion.finish_reason == "missing":
-        kept, reason, answer, fields = False, "task has no gold rationale for this method", None, {}
-    elif completion.finish_reason == "length":
-        kept, reason, answer, fields = False, "cut off at max_new_tokens", None, {}
-    else:
-        parsed = method.parse(completion.text, request.problem)
-        kept, reason, answer, fields = parsed.kept, parsed.reason, parsed.answer, parsed.fields
-    return Annotation(
-        key=request.key, task=task, split=split, problem_id=request.problem.id, method=method.name,
-        teacher=teacher, sample=request.sample, prompt=_prompt_text(request.messages), text=completion.text,
-        parsed=fields, answer=answer, kept=kept, reason=reason,
-        prompt_tokens=completion.prompt_tokens, completion_tokens=completion.completion_tokens,
-    )
-
-
-def _prompt_text(messages: list[dict[str, str]]) -> str:
+def _prompt_text(messages: Messages) -> str:
     return "\n\n".join(f"[{m['role']}] {m['content']}" for m in messages)
+
+
+def _verify(store: Store, method: Any, requests: Sequence[Request], solver: str, config: APIConfig | None,
+            max_new_tokens: int, batch_size: int) -> int:
+    """Divide-or-Conquer's rejection filter: a solver answers each kept, unverified
+    decomposition; it stays kept only if the solver reaches the gold answer, and the
+    solver's solution is stored for training a solver student. Resumable: verified rows
+    carry `verified_by`."""
+    by_key = {r.key: r for r in requests}
+    todo = [a for a in store.annotations_by_key(list(by_key)) if a.kept and a.parsed.get("verified_by") != solver]
+    if not todo:
+        return 0
+    jobs = [method.solver_messages(by_key[a.key].problem, a.parsed["subquestions"]) for a in todo]
+    if config is not None:
+        solver_config = APIConfig(**{**config.__dict__, "model": solver[len(API_PREFIX):]})
+        replies: dict[int, Completion] = {}
+        OpenAITeacher(solver_config).run([(m, 0) for m in jobs], max_new_tokens, 0.0, method.stop,
+                                         Budget(solver_config), replies.__setitem__)
+        completions = [replies.get(i) for i in range(len(jobs))]
+    else:
+        completions = list(LocalModel(solver, batch_size=batch_size).generate(jobs, max_new_tokens, 0.0, method.stop))
+    updates = []
+    for annotation, completion in zip(todo, completions):
+        if completion is None:
+            continue  # the solver request failed: stays unverified for the next run
+        check = check_answer(completion.text, by_key[annotation.key].problem, {})
+        fields = {**annotation.parsed, "verified_by": solver, "solution": completion.text if check.kept else None}
+        reason = "ok" if check.kept else f"solver {solver} missed the gold answer with it ({check.reason})"
+        updates.append((annotation.key, fields, check.kept, reason))
+    store.update_annotations(updates)
+    return len(updates)

@@ -12,7 +12,7 @@ import hashlib
 import json
 import sqlite3
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -33,7 +33,7 @@ CREATE TABLE IF NOT EXISTS annotations (
     prompt TEXT NOT NULL, text TEXT NOT NULL, parsed TEXT NOT NULL, answer TEXT,
     kept INTEGER NOT NULL, reason TEXT NOT NULL,
     prompt_tokens INTEGER NOT NULL, completion_tokens INTEGER NOT NULL, cost REAL NOT NULL,
-    created REAL NOT NULL
+    created REAL NOT NULL, finish_reason TEXT NOT NULL DEFAULT 'stop', logprobs TEXT
 );
 CREATE INDEX IF NOT EXISTS annotations_by_method ON annotations (task, split, method, kept);
 CREATE TABLE IF NOT EXISTS runs (
@@ -76,6 +76,8 @@ class Annotation:
     prompt_tokens: int = 0
     completion_tokens: int = 0
     cost: float = 0.0
+    finish_reason: str = "stop"
+    logprobs: list[Any] | None = None  # per generated token: [token, logprob, [[top token, logprob], ...]]
 
 
 @dataclass(frozen=True)
@@ -104,6 +106,15 @@ class Store:
         self.db.row_factory = sqlite3.Row
         self.db.execute("PRAGMA journal_mode=WAL")
         self.db.executescript(SCHEMA)
+        self._migrate()
+
+    def _migrate(self) -> None:
+        """Columns added since a store was created (stores from older versions keep working)."""
+        have = {r[1] for r in self.db.execute("PRAGMA table_info(annotations)")}
+        with self.db:
+            for column, spec in (("finish_reason", "TEXT NOT NULL DEFAULT 'stop'"), ("logprobs", "TEXT")):
+                if column not in have:
+                    self.db.execute(f"ALTER TABLE annotations ADD COLUMN {column} {spec}")
 
     def close(self) -> None:
         self.db.close()
@@ -121,20 +132,50 @@ class Store:
         return [Problem(r["id"], r["question"], r["answer"], r["kind"], json.loads(r["gold"])) for r in rows]
 
     # annotations ------------------------------------------------------------------------
-    def annotation_keys(self, keys: Iterable[str]) -> set[str]:
-        found: set[str] = set()
+    def _by_keys(self, columns: str, keys: Iterable[str]) -> Iterator[sqlite3.Row]:
         keys = list(keys)
         for start in range(0, len(keys), 500):
             chunk = keys[start : start + 500]
             marks = ",".join("?" * len(chunk))
-            found.update(r[0] for r in self.db.execute(f"SELECT key FROM annotations WHERE key IN ({marks})", chunk))
-        return found
+            yield from self.db.execute(f"SELECT {columns} FROM annotations WHERE key IN ({marks}) ORDER BY rowid", chunk)
+
+    def annotation_keys(self, keys: Iterable[str]) -> set[str]:
+        return {r[0] for r in self._by_keys("key", keys)}
+
+    def annotations_by_key(self, keys: Iterable[str]) -> list[Annotation]:
+        return [_annotation(r) for r in self._by_keys("*", keys)]
+
+    def annotation_spend(self, keys: Iterable[str]) -> dict[str, Any]:
+        totals = {"cost": 0.0, "prompt_tokens": 0, "completion_tokens": 0}
+        for row in self._by_keys("cost, prompt_tokens, completion_tokens", keys):
+            for name in totals:
+                totals[name] += row[name]
+        return totals
+
+    def annotation_status(self, keys: Sequence[str]) -> dict[str, Any]:
+        """done / kept / pending counts, rejection reasons and spend for one request set."""
+        done = kept = 0
+        reasons: dict[str, int] = {}
+        for row in self._by_keys("kept, reason", keys):
+            done += 1
+            kept += row["kept"]
+            if not row["kept"]:
+                reasons[row["reason"]] = reasons.get(row["reason"], 0) + 1
+        return {"done": done, "kept": kept, "rejected": done - kept, "pending": len(keys) - done,
+                "rejected_by_reason": reasons, **self.annotation_spend(keys)}
+
+    def update_annotations(self, updates: Iterable[tuple[str, dict[str, Any], bool, str]]) -> None:
+        """Set (parsed fields, kept, reason) of existing rows by key: a later filter's verdict."""
+        with self.db:
+            self.db.executemany("UPDATE annotations SET parsed = ?, kept = ?, reason = ? WHERE key = ?",
+                                [(json.dumps(f), int(k), r, key) for key, f, k, r in updates])
 
     def add_annotations(self, annotations: Iterable[Annotation]) -> None:
         rows = []
         for a in annotations:
             row = asdict(a)
             row["parsed"] = json.dumps(a.parsed)
+            row["logprobs"] = json.dumps(a.logprobs) if a.logprobs is not None else None
             row["created"] = time.time()
             rows.append(row)
         if not rows:
@@ -154,9 +195,7 @@ class Store:
                 args.append(value)
         if kept_only:
             query += " AND kept = 1"
-        rows = self.db.execute(query + " ORDER BY rowid", args)
-        return [Annotation(**{**_columns(r, Annotation), "parsed": json.loads(r["parsed"]), "kept": bool(r["kept"])})
-                for r in rows]
+        return [_annotation(r) for r in self.db.execute(query + " ORDER BY rowid", args)]
 
     def rejection_reasons(self, method: str) -> dict[str, int]:
         rows = self.db.execute(
@@ -232,6 +271,12 @@ class Store:
 
     def metrics(self, run: str) -> dict[str, float]:
         return {r[0]: r[1] for r in self.db.execute("SELECT name, value FROM metrics WHERE run = ?", (run,))}
+
+
+def _annotation(row: sqlite3.Row) -> Annotation:
+    logprobs = row["logprobs"]
+    return Annotation(**{**_columns(row, Annotation), "parsed": json.loads(row["parsed"]), "kept": bool(row["kept"]),
+                         "logprobs": json.loads(logprobs) if logprobs else None})
 
 
 def _columns(row: sqlite3.Row, cls: type) -> dict[str, Any]:

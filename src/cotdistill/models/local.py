@@ -28,8 +28,10 @@ class Completion:
     text: str
     prompt_tokens: int
     completion_tokens: int
-    finish_reason: str  # "stop" (EOS or a stop string) or "length"
+    finish_reason: str  # "stop" (EOS or a stop string), "length", or a server's reason (e.g. "content_filter")
     seconds: float  # this row's share of its batch's wall time
+    cost: float = 0.0  # money, for priced API teachers
+    logprobs: list[Any] | None = None  # [[token, logprob, [[top token, logprob], ...]], ...] when asked for
 
 
 def default_device() -> str:

@@ -18,6 +18,7 @@ import torch
 import torch.nn.functional as F
 from transformers import Trainer
 
+from cotdistill.methods.base import Example
 from cotdistill.models import Messages, render_completion, render_prompt
 from cotdistill.train.sft_config import SFTConfig
 
@@ -65,9 +66,8 @@ class CompletionTrainer(Trainer):
         return (loss, outputs) if return_outputs else loss
 
 
-def make_trainer(model: Any, tokenizer: Any, config: SFTConfig,
-                 examples: Sequence[tuple[Messages, str]]) -> CompletionTrainer:
-    """A Trainer over (prompt messages, completion) pairs; LoRA-wrapped when `config.lora`."""
+def make_trainer(model: Any, tokenizer: Any, config: SFTConfig, examples: Sequence[Example]) -> CompletionTrainer:
+    """A Trainer over (prompt messages, completion) examples; LoRA-wrapped when `config.lora`."""
     from datasets import Dataset
 
     if config.lora:
@@ -77,6 +77,7 @@ def make_trainer(model: Any, tokenizer: Any, config: SFTConfig,
             task_type="CAUSAL_LM", r=config.lora_r, lora_alpha=config.lora_alpha,
             lora_dropout=config.lora_dropout, target_modules=config.lora_target_modules,
         ))
-    dataset = Dataset.from_list([tokenize_example(tokenizer, m, c, config.max_length) for m, c in examples])
+    dataset = Dataset.from_list([tokenize_example(tokenizer, e.messages, e.completion, config.max_length)
+                                    for e in examples])
     return CompletionTrainer(model=model, args=config, train_dataset=dataset,
                    data_collator=CompletionCollator(tokenizer.pad_token_id))

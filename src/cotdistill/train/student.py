@@ -34,9 +34,13 @@ def train(
     method: str = "cot",
     task: str | None = None,
     split: str | None = "train",
+    roles: list[str] | None = None,
     **config: Any,
 ) -> Path:
     """Train `student` on the store's kept `method` annotations; returns the student's directory.
+
+    `roles` picks which of the method's students this is (e.g. socratic `qg`, `qa` or
+    `unified`; decompose `decomposer` or `solver`); default: the method's `train_roles`.
 
     `config` takes any `SFTConfig` / TrainingArguments field (lora, learning_rate,
     num_train_epochs, max_steps, per_device_train_batch_size, ...).
@@ -44,13 +48,18 @@ def train(
     output = student_dir(run_dir, name)
     store = Store(run_dir)
     run_name = f"train:{name}"
-    settings = {"student": student, "method": method, "task": task, "split": split, **config}
+    the_method = get_method(method)
+    roles = list(roles or the_method.train_roles)
+    unknown = set(roles) - set(the_method.roles)
+    if unknown:
+        raise CotdistillError(f"method {method} has no role(s) {', '.join(sorted(unknown))} "
+                              f"(roles: {', '.join(the_method.roles)})")
+    settings = {"student": student, "method": method, "task": task, "split": split, "roles": roles, **config}
     store.check_settings(run_name, settings)
     previous = store.run(run_name)
     if previous and previous["status"] == "done" and (output / "cotdistill.json").is_file():
         store.close()
         return output
-    the_method = get_method(method)
     annotations = store.annotations(the_method.name, task, split)
     if not annotations:
         where = f" for task {task}" if task else ""
@@ -64,6 +73,7 @@ def train(
         example
         for a in annotations
         for example in the_method.training_examples(problems[(a.task, a.split)][a.problem_id], a.parsed)
+        if example.role in roles
     ]
     try:
         args = SFTConfig(output_dir=str(output / "checkpoints"), **config)
@@ -79,7 +89,7 @@ def train(
     tokenizer.save_pretrained(output)
     losses = [entry["loss"] for entry in trainer.state.log_history if "loss" in entry]
     summary = {
-        "student": student, "method": method, "examples": len(examples), "lora": args.lora,
+        "student": student, "method": method, "roles": roles, "examples": len(examples), "lora": args.lora,
         "steps": trainer.state.global_step, "train_loss": result.training_loss,
         "first_logged_loss": losses[0] if losses else None, "last_logged_loss": losses[-1] if losses else None,
         "seconds": time.perf_counter() - started, "resumed_from": Path(last).name if last else None,

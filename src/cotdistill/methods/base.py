@@ -1,0 +1,170 @@
+"""What every method shares: the parsed-reply and training-example records, the few-shot
+prompt built from an instruction template and demonstrations, and prompt overrides.
+
+A method's own module holds everything specific to its format; this module holds only
+the mechanics, so reading `cot.py` or `pot.py` tells the whole story of that format.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from cotdistill.answers import extract_strict, is_correct, normalize
+from cotdistill.errors import CotdistillError
+from cotdistill.models import Messages
+from cotdistill.tasks import Problem
+
+ANSWER_HINT = {
+    "number": "a number",
+    "yesno": "yes or no",
+    "choice": "the letter of the choice",
+    "text": "a short phrase",
+}
+
+# The questions of every method's few-shot demonstrations (written for this project, not
+# copied from any paper); each method writes its own replies to them.
+DEMO_QUESTIONS = (
+    "A baker makes 24 rolls in the morning and 18 in the afternoon. He sells 30 rolls. How many rolls are left?",
+    "Each ticket costs $7. A class of 23 students and 2 teachers goes to the museum. "
+    "How much do the tickets cost in total?",
+    "A garden has 5 rows of 8 tulips. Half of the tulips are red. How many tulips are not red?",
+)
+DEMO_ANSWERS = ("12", "175", "20")
+
+
+@dataclass(frozen=True)
+class Parsed:
+    answer: str | None
+    fields: dict[str, Any]
+    kept: bool
+    reason: str  # "ok", or why the reply is rejected
+
+
+@dataclass(frozen=True)
+class Example:
+    """One supervised example: which student learns it (`role`), its prompt and its target."""
+
+    role: str
+    messages: Messages
+    completion: str
+
+
+@dataclass(frozen=True)
+class Prompts:
+    """A teacher prompt: `instruction` is a template with {question} and {answer_hint}."""
+
+    instruction: str
+    demonstrations: tuple[tuple[str, str], ...]  # (question, reply in the method's format)
+
+
+def load_prompts(path: str | Path, default: Prompts) -> Prompts:
+    """Prompts from a YAML file with `instruction` and/or `demonstrations: [{question, reply}]`."""
+    path = Path(path)
+    if not path.is_file():
+        raise CotdistillError(f"{path}: no such prompts file")
+    spec = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    if not isinstance(spec, dict) or set(spec) - {"instruction", "demonstrations"}:
+        raise CotdistillError(f"{path}: a prompts file holds only 'instruction' and 'demonstrations'")
+    prompts = default
+    if "instruction" in spec:
+        instruction = str(spec["instruction"])
+        if "{question}" not in instruction:
+            raise CotdistillError(f"{path}: field 'instruction' must contain {{question}}")
+        prompts = replace(prompts, instruction=instruction)
+    if "demonstrations" in spec:
+        demos = []
+        for index, demo in enumerate(spec["demonstrations"] or []):
+            if not isinstance(demo, dict) or not {"question", "reply"} <= set(demo):
+                raise CotdistillError(f"{path}: demonstrations[{index}] needs 'question' and 'reply'")
+            demos.append((str(demo["question"]), str(demo["reply"])))
+        prompts = replace(prompts, demonstrations=tuple(demos))
+    return prompts
+
+
+class Method:
+    """Base of every method. Subclasses set `name`, `description`, `prompts`, `roles` and
+    implement `gold_rationale`, `parse` and `training_examples`."""
+
+    name: str
+    description: str
+    prompts: Prompts
+    roles: tuple[str, ...] = ("student",)  # the students its examples can train
+    train_roles: tuple[str, ...] = ("student",)  # the ones `train` uses by default
+    stop: tuple[str, ...] = ("\nQuestion:",)  # base models without a chat template run on past their answer
+
+    def __init__(self, prompts: Prompts | None = None):
+        if prompts is not None:
+            self.prompts = prompts
+
+    def instruction(self, problem: Problem) -> str:
+        return self.prompts.instruction.format(question=problem.question, answer_hint=ANSWER_HINT[problem.kind])
+
+    def teacher_messages(self, problem: Problem) -> Messages:
+        messages: Messages = []
+        for question, reply in self.prompts.demonstrations:
+            messages.append({"role": "user", "content": self.instruction(Problem("", question, ""))})
+            messages.append({"role": "assistant", "content": reply})
+        messages.append({"role": "user", "content": self.instruction(problem)})
+        return messages
+
+    def student_messages(self, problem: Problem) -> Messages:
+        return [{"role": "user", "content": self.instruction(problem)}]
+
+    def gold_rationale(self, problem: Problem) -> str | None:
+        """The task's own reference reasoning written in this method's format, if it has one."""
+        raise NotImplementedError
+
+    def parse(self, text: str, problem: Problem) -> Parsed:
+        raise NotImplementedError
+
+    def parse_many(self, texts: Sequence[str], problems: Sequence[Problem]) -> list[Parsed]:
+        """Parse a batch; methods that execute programs override this to run them in parallel."""
+        return [self.parse(text, problem) for text, problem in zip(texts, problems)]
+
+    def training_examples(self, problem: Problem, parsed: dict[str, Any]) -> list[Example]:
+        raise NotImplementedError
+
+
+def check_answer(text: str, problem: Problem, fields: dict[str, Any]) -> Parsed:
+    """Verify the final answer stated in `text` against the gold one."""
+    answer = extract_strict(text, problem.kind)
+    if answer is None:
+        return Parsed(None, fields, False, "no final answer statement")
+    if not is_correct(answer, problem.answer, problem.kind):
+        return Parsed(answer, fields, False, "wrong answer")
+    return Parsed(normalize(answer, problem.kind), fields, True, "ok")
+
+
+def cut_after_answer(text: str) -> str:
+    """The reply up to the end of the line that states the answer: trailing chatter is not taught."""
+    lower = text.lower()
+    at = max(lower.rfind("the answer is"), lower.rfind("the final answer is"), text.rfind("####"))
+    end = text.find("\n", at)
+    return (text if end == -1 else text[:end]).strip()
+
+
+_FINAL_SENTENCE = re.compile(r"\s*(?:the (?:final )?answer is|####)[^\n]*$", re.IGNORECASE)
+
+
+def without_answer(text: str) -> str:
+    """The reasoning with its closing answer statement removed (a rationale, not a label)."""
+    return _FINAL_SENTENCE.sub("", cut_after_answer(text)).strip()
+
+
+def answer_statement(answer: str) -> str:
+    return f"The answer is {answer}."
+
+
+def gold_cot(problem: Problem) -> str | None:
+    """The task's reference reasoning as prose: arith's CoT, GSM8K's solution steps."""
+    if "cot" in problem.gold:
+        return problem.gold["cot"]
+    if problem.gold.get("solution"):
+        return " ".join(problem.gold["solution"]) + " " + answer_statement(problem.answer)
+    return None

@@ -1,0 +1,81 @@
+"""Divide-or-Conquer (Wu et al. 2024): a decomposer writes at most N sub-questions (or
+"No decomposition") without answering them; a solver answers the original question with
+those sub-questions as hints. The paper's advice is to distil the decomposer.
+
+A decomposition states no answer, so the teacher's reply is checked for form only; the
+optional rejection filter (`annotate --verify-with SOLVER`) keeps a decomposition only
+if a solver reaches the gold answer with it, and stores that solver's solution.
+Solver examples use that solution, or else the task's gold reasoning (the paper's
+"final answer replaced by gold" variant).
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+from cotdistill.methods.base import ANSWER_HINT, DEMO_QUESTIONS, Example, Method, Parsed, Prompts, gold_cot
+from cotdistill.models import Messages
+from cotdistill.tasks import Problem
+
+MAX_SUBQUESTIONS = 5
+NONE = "No decomposition"
+PROMPTS = Prompts(
+    instruction="{question}\nDo not solve the problem. Break it into at most "
+    f"{MAX_SUBQUESTIONS} simpler sub-questions, one per line, numbered \"1.\", \"2.\", ... "
+    f'If it needs no breaking down, write "{NONE}".',
+    demonstrations=tuple(zip(DEMO_QUESTIONS, (
+        "1. How many rolls does the baker make in all?\n2. How many rolls are left after he sells 30?",
+        "1. How many people go to the museum?\n2. How much do 25 tickets cost?",
+        "1. How many tulips are in the garden?\n2. How many of them are red?\n3. How many are not red?",
+    ))),
+)
+SOLVER_INSTRUCTION = ("{question}\nThese sub-questions may help:\n{subquestions}\n"
+                      'Answer them, then finish with "The answer is <{answer_hint}>."')
+_NUMBERED = re.compile(r"^\s*(\d+)[.)]\s*(.+?)\s*$")
+
+
+def numbered(subquestions: list[str]) -> str:
+    return "\n".join(f"{i}. {q}" for i, q in enumerate(subquestions, 1)) or NONE
+
+
+class Decompose(Method):
+    name = "decompose"
+    description = "divide-or-conquer: sub-questions only (decomposer), answered by a separate solver"
+    prompts = PROMPTS
+    roles = ("decomposer", "solver")
+    train_roles = ("decomposer",)
+
+    def gold_rationale(self, problem: Problem) -> str | None:
+        steps = problem.gold.get("subquestions")
+        return numbered([q for q, _ in steps]) if steps else None
+
+    def parse(self, text: str, problem: Problem) -> Parsed:
+        text = text.strip()
+        if text.lower().startswith(NONE.lower()):
+            return Parsed(None, {"subquestions": []}, True, "ok")
+        subquestions: list[str] = []
+        for line in text.splitlines():
+            match = _NUMBERED.match(line)
+            if match and int(match.group(1)) == len(subquestions) + 1:
+                subquestions.append(match.group(2))
+            elif line.strip() and subquestions:
+                break  # anything after the list is not part of the decomposition
+        if not subquestions:
+            return Parsed(None, {}, False, "no numbered sub-questions")
+        if len(subquestions) > MAX_SUBQUESTIONS:
+            return Parsed(None, {"subquestions": subquestions}, False, f"more than {MAX_SUBQUESTIONS} sub-questions")
+        return Parsed(None, {"subquestions": subquestions}, True, "ok")
+
+    def solver_messages(self, problem: Problem, subquestions: list[str]) -> Messages:
+        content = SOLVER_INSTRUCTION.format(question=problem.question, subquestions=numbered(subquestions),
+                                            answer_hint=ANSWER_HINT[problem.kind])
+        return [{"role": "user", "content": content}]
+
+    def training_examples(self, problem: Problem, parsed: dict[str, Any]) -> list[Example]:
+        subquestions = parsed["subquestions"]
+        examples = [Example("decomposer", self.student_messages(problem), numbered(subquestions))]
+        solution = parsed.get("solution") or gold_cot(problem)
+        if solution:
+            examples.append(Example("solver", self.solver_messages(problem, subquestions), solution))
+        return examples

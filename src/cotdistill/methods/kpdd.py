@@ -1,0 +1,147 @@
+"""Key-point-driven distillation (Zhu et al. 2024): the teacher first extracts the core
+question, then the problem-solving information (the facts needed), then solves it step by
+step, as text (KPDD-CoT) or as a Python program (KPDD-PoT, run in the sandbox). Replies
+whose answer is wrong are dropped; the student learns all three parts in one output.
+
+Gold rationales from a dataset: the question's last interrogative sentence is its core
+question, its other sentences the information, its reference solution the solution.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from typing import Any
+
+from cotdistill.methods.base import (
+    DEMO_QUESTIONS, Example, Method, Parsed, Prompts, check_answer, cut_after_answer, gold_cot,
+)
+from cotdistill.methods.pot import PoT, check_programs, extract_program, fenced
+from cotdistill.tasks import Problem
+
+CORE, INFO, SOLUTION = "Core question:", "Problem-solving information:", "Solution:"
+_HEADINGS = re.compile(rf"^\s*(?:\*\*)?({CORE}|{INFO}|{SOLUTION})(?:\*\*)?", re.IGNORECASE | re.MULTILINE)
+_SENTENCE = re.compile(r"(?<=[.?!])\s+(?=[A-Z0-9$\"'])")
+_ASKING_CLAUSE = re.compile(r",\s+(?=(?:how|what|which|who|when|where|calculate|find|determine)\b)", re.IGNORECASE)
+
+_KEY_POINTS = (
+    ("How many rolls are left?",
+     ["The baker makes 24 rolls in the morning.", "He makes 18 rolls in the afternoon.", "He sells 30 rolls."]),
+    ("How much do the tickets cost in total?",
+     ["Each ticket costs $7.", "23 students and 2 teachers go."]),
+    ("How many tulips are not red?", ["There are 5 rows of 8 tulips.", "Half of the tulips are red."]),
+)
+_INSTRUCTION = ("{question}\nFirst write the core question, then the problem-solving information (the facts "
+                f'needed), then the solution, under the headings "{CORE}", "{INFO}" and "{SOLUTION}".')
+
+
+def key_points(core: str, info: list[str]) -> str:
+    return f"{CORE} {core}\n{INFO}\n" + "\n".join(f"{i}. {fact}" for i, fact in enumerate(info, 1))
+
+
+def gold_key_points(question: str) -> str:
+    """The last interrogative sentence is the core question, the other sentences the facts.
+
+    One-sentence questions are split at the clause that asks: "If A, how many C?" and
+    "How many C if A?" both give core "How many C?" and fact "A."; a question with no such
+    clause is its own single fact.
+    """
+    sentences = [s.strip() for s in _SENTENCE.split(question.strip()) if s.strip()]
+    if len(sentences) == 1:
+        sentences = _split_clauses(sentences[0])
+    asks = [i for i, s in enumerate(sentences) if s.endswith("?")]
+    core = asks[-1] if asks else len(sentences) - 1
+    facts = [s for i, s in enumerate(sentences) if i != core] or sentences
+    return key_points(sentences[core], facts)
+
+
+def _split_clauses(sentence: str) -> list[str]:
+    parts = _ASKING_CLAUSE.split(sentence, maxsplit=1)
+    if len(parts) == 2:
+        condition, ask = parts
+    else:
+        ask, sep, condition = sentence.partition(" if ")
+        if not sep:
+            return [sentence]
+        ask += "?"
+    condition = re.sub(r"^if\s+", "", condition.rstrip("?."), flags=re.IGNORECASE)
+    return [_capitalised(condition + "."), _capitalised(ask)]
+
+
+def _capitalised(text: str) -> str:
+    return text[:1].upper() + text[1:]
+
+
+def split_sections(text: str) -> dict[str, str] | None:
+    """{core, info, solution} from the three headed sections, in order; None if one is missing."""
+    marks = list(_HEADINGS.finditer(text))
+    found = [m.group(1).lower() for m in marks]
+    if found[:3] != [CORE.lower(), INFO.lower(), SOLUTION.lower()]:
+        return None
+    bodies = [text[m.end(): (marks[i + 1].start() if i + 1 < len(marks) else len(text))].strip()
+              for i, m in enumerate(marks[:3])]
+    return dict(zip(("core", "info", "solution"), bodies)) if all(bodies) else None
+
+
+def joined(sections: dict[str, str], solution: str) -> str:
+    return f"{CORE} {sections['core']}\n{INFO}\n{sections['info']}\n{SOLUTION}\n{solution}"
+
+
+class KPDDCoT(Method):
+    name = "kpdd_cot"
+    description = "key-point-driven CoT: core question, problem-solving information, step-by-step solution"
+    prompts = Prompts(
+        instruction=_INSTRUCTION + ' Finish with "The answer is <{answer_hint}>."',
+        demonstrations=tuple(
+            (question, f"{key_points(core, info)}\n{SOLUTION}\n{reply}")
+            for question, (core, info), reply in zip(DEMO_QUESTIONS, _KEY_POINTS, (
+                "The baker makes 24 + 18 = 42 rolls. After selling 30, 42 - 30 = 12 rolls are left. The answer is 12.",
+                "There are 23 + 2 = 25 people. The tickets cost 25 * 7 = $175. The answer is 175.",
+                "There are 5 * 8 = 40 tulips, 40 / 2 = 20 of them red, so 40 - 20 = 20 are not red. The answer is 20.",
+            ))
+        ),
+    )
+
+    def gold_rationale(self, problem: Problem) -> str | None:
+        cot = gold_cot(problem)
+        return f"{gold_key_points(problem.question)}\n{SOLUTION}\n{cot}" if cot else None
+
+    def parse(self, text: str, problem: Problem) -> Parsed:
+        sections = split_sections(cut_after_answer(text))
+        if sections is None:
+            return Parsed(None, {}, False, "missing core question, information or solution section")
+        return check_answer(sections["solution"], problem, sections)
+
+    def training_examples(self, problem: Problem, parsed: dict[str, Any]) -> list[Example]:
+        return [Example("student", self.student_messages(problem), joined(parsed, parsed["solution"]))]
+
+
+class KPDDPoT(Method):
+    name = "kpdd_pot"
+    description = "key-point-driven PoT: core question, problem-solving information, then a Python program"
+    prompts = Prompts(
+        instruction=_INSTRUCTION + " The solution is a Python program, in a ```python block, that stores "
+        "the answer in a variable named `answer`.",
+        demonstrations=tuple(
+            (question, f"{key_points(core, info)}\n{SOLUTION}\n{program}")
+            for question, (core, info), (_, program) in zip(DEMO_QUESTIONS, _KEY_POINTS, PoT.prompts.demonstrations)
+        ),
+    )
+
+    def gold_rationale(self, problem: Problem) -> str | None:
+        program = PoT().gold_rationale(problem)
+        return f"{gold_key_points(problem.question)}\n{SOLUTION}\n{program}" if program else None
+
+    def parse(self, text: str, problem: Problem) -> Parsed:
+        return self.parse_many([text], [problem])[0]
+
+    def parse_many(self, texts: Sequence[str], problems: Sequence[Problem]) -> list[Parsed]:
+        sections = [split_sections(text) for text in texts]
+        programs = [extract_program(s["solution"]) if s else None for s in sections]
+        fields = [{**s, "solution": p} if s and p else {} for s, p in zip(sections, programs)]
+        parsed = check_programs(programs, problems, fields)
+        return [Parsed(None, {}, False, "missing core question, information or solution section") if s is None else p
+                for s, p in zip(sections, parsed)]
+
+    def training_examples(self, problem: Problem, parsed: dict[str, Any]) -> list[Example]:
+        return [Example("student", self.student_messages(problem), joined(parsed, fenced(parsed["solution"])))]

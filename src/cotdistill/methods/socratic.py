@@ -1,0 +1,106 @@
+"""Socratic CoT (Shridhar et al. 2023): the teacher decomposes a problem into sub-question /
+sub-answer pairs (q_j, s_j); chains whose final answer is wrong are dropped.
+
+Three students can learn from a chain:
+- `qg`, the question generator: P -> q_1 ... q_n, one example per problem, so its loss is
+  exactly the paper's  -sum_j log p(q_j | P, q_<j);
+- `qa`, the sub-problem solver: one example per step, P + (q, s)_<j + q_j -> s_j, i.e.
+  -sum_j log p(s_j | P, (q, s)_<j, q_j); the last answer carries "The answer is X.";
+- `unified`, one model writing the interleaved chain (the cheaper variant).
+Inference alternates QG and QA until the last sub-question; the last answer is final.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+from cotdistill.methods.base import (
+    DEMO_QUESTIONS, Example, Method, Parsed, Prompts, answer_statement, check_answer, cut_after_answer,
+    without_answer,
+)
+from cotdistill.models import Messages
+from cotdistill.tasks import Problem
+
+PROMPTS = Prompts(
+    instruction="{question}\nBreak the problem into sub-questions and answer them in turn, writing "
+    '"Q1: ...", "A1: ...", "Q2: ...", "A2: ..." on separate lines. '
+    'Finish with "The answer is <{answer_hint}>."',
+    demonstrations=tuple(zip(DEMO_QUESTIONS, (
+        "Q1: How many rolls does the baker make in all?\nA1: He makes 24 + 18 = 42 rolls.\n"
+        "Q2: How many rolls are left after he sells 30?\nA2: 42 - 30 = 12 rolls are left.\nThe answer is 12.",
+        "Q1: How many people go to the museum?\nA1: 23 + 2 = 25 people go.\n"
+        "Q2: How much do the tickets cost in total?\nA2: 25 * 7 = $175.\nThe answer is 175.",
+        "Q1: How many tulips are in the garden?\nA1: There are 5 * 8 = 40 tulips.\n"
+        "Q2: How many tulips are red?\nA2: Half of 40 is 40 / 2 = 20.\n"
+        "Q3: How many tulips are not red?\nA3: 40 - 20 = 20 tulips are not red.\nThe answer is 20.",
+    ))),
+)
+QG_INSTRUCTION = "{question}\nWhich sub-questions lead to the answer? Write them as \"Q1: ...\", \"Q2: ...\" on separate lines."
+QA_INSTRUCTION = "{question}\nAnswer the last sub-question; if it is the final one, finish with \"The answer is X.\""
+_LINE = re.compile(r"^\s*([QA])(\d+)\s*[:.]\s*(.*)$")
+
+
+def chain_text(steps: list[list[str]]) -> str:
+    return "\n".join(f"Q{i}: {q}\nA{i}: {a}" for i, (q, a) in enumerate(steps, 1))
+
+
+def parse_chain(text: str) -> list[list[str]] | None:
+    """[[q, a], ...] from "Q1: ... / A1: ..." lines, or None if they do not alternate in order."""
+    steps: list[list[str]] = []
+    for line in text.splitlines():
+        match = _LINE.match(line)
+        if not match:
+            continue
+        kind, number, content = match.group(1), int(match.group(2)), match.group(3).strip()
+        if kind == "Q" and number == len(steps) + 1:
+            steps.append([content, ""])
+        elif kind == "A" and number == len(steps) and steps and not steps[-1][1]:
+            steps[-1][1] = content
+        else:
+            return None
+    if not steps or not all(a for _, a in steps):
+        return None
+    return [[q, without_answer(a) or a] for q, a in steps]  # the final statement is added back once
+
+
+class Socratic(Method):
+    name = "socratic"
+    description = "Socratic CoT: sub-question/sub-answer chain; question generator, solver or unified student"
+    prompts = PROMPTS
+    roles = ("unified", "qg", "qa")
+    train_roles = ("unified",)
+
+    def gold_rationale(self, problem: Problem) -> str | None:
+        """GSM8K Socratic's `sub-question ** step` pairs, or arith's sub-questions."""
+        steps = problem.gold.get("subquestions")
+        if not steps:
+            return None
+        return chain_text(steps) + "\n" + answer_statement(problem.answer)
+
+    def parse(self, text: str, problem: Problem) -> Parsed:
+        text = cut_after_answer(text)
+        steps = parse_chain(text)
+        if steps is None:
+            return Parsed(None, {}, False, "no Q1/A1 sub-question chain")
+        return check_answer(text, problem, {"steps": steps})
+
+    def qg_messages(self, problem: Problem) -> Messages:
+        return [{"role": "user", "content": QG_INSTRUCTION.format(question=problem.question)}]
+
+    def qa_messages(self, problem: Problem, steps: list[list[str]], question: str) -> Messages:
+        """The solver's prompt: the problem, the chain so far, and the sub-question to answer."""
+        lines = [QA_INSTRUCTION.format(question=problem.question), chain_text(steps), f"Q{len(steps) + 1}: {question}"]
+        return [{"role": "user", "content": "\n".join(line for line in lines if line)}]
+
+    def training_examples(self, problem: Problem, parsed: dict[str, Any]) -> list[Example]:
+        steps = parsed["steps"]
+        final = answer_statement(problem.answer)
+        examples = [
+            Example("unified", self.student_messages(problem), chain_text(steps) + "\n" + final),
+            Example("qg", self.qg_messages(problem), "\n".join(f"Q{i}: {q}" for i, (q, _) in enumerate(steps, 1))),
+        ]
+        for j, (question, answer) in enumerate(steps):
+            target = f"{answer} {final}" if j == len(steps) - 1 else answer
+            examples.append(Example("qa", self.qa_messages(problem, steps[:j], question), target))
+        return examples

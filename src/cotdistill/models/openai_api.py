@@ -1,0 +1,256 @@
+"""Teachers behind any OpenAI-compatible chat server (OpenAI, vLLM, SGLang, llama.cpp
+server, Ollama), driven by the `openai` client with its own retries turned off.
+
+The retry loop is ours because the client's does not cover every fault a long run meets:
+a 200 whose JSON body is cut short raises a plain decode error it never retries. Ours
+retries 429, 5xx, timeouts, dropped connections and malformed bodies with exponential
+backoff and full jitter (honouring Retry-After), and gives up on a request after
+`max_retries`, leaving it undone for the next run rather than storing a failure.
+
+Concurrency is a semaphore; requests- and tokens-per-minute limits are token buckets; the
+budget reserves each request's worst case (prompt estimate + max_tokens) before sending,
+so the run stops cleanly *before* it could overspend, never after.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import random
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from cotdistill.errors import CotdistillError
+from cotdistill.models.local import Completion, Messages
+
+PREFIX = "openai:"
+
+
+@dataclass(frozen=True)
+class APIConfig:
+    model: str
+    base_url: str | None = None  # default: $OPENAI_BASE_URL, else OpenAI's
+    api_key_env: str = "OPENAI_API_KEY"  # local servers accept any key; "EMPTY" is sent if unset
+    concurrency: int = 16
+    requests_per_minute: float | None = None
+    tokens_per_minute: float | None = None
+    timeout: float = 120.0  # seconds per request attempt
+    max_retries: int = 8
+    backoff: float = 1.0  # first retry waits up to this many seconds; doubles each time
+    max_backoff: float = 60.0
+    top_logprobs: int = 0  # >0: store the top-k log-probs of every generated token
+    price_input: float = 0.0  # USD per million prompt tokens
+    price_output: float = 0.0  # USD per million completion tokens
+    max_cost: float | None = None  # USD for the whole annotation job
+    max_tokens: int | None = None  # prompt + completion tokens for the whole job
+
+    def cost(self, prompt_tokens: int, completion_tokens: int) -> float:
+        return (prompt_tokens * self.price_input + completion_tokens * self.price_output) / 1e6
+
+
+class GiveUp(Exception):
+    """A request failed `max_retries + 1` times; it stays undone."""
+
+
+class MalformedReply(Exception):
+    """A 200 whose body is valid JSON but not a chat completion."""
+
+
+class Budget:
+    """Spend so far plus reservations in flight; a request is sent only if its worst case fits."""
+
+    def __init__(self, config: APIConfig, spent_cost: float = 0.0, spent_tokens: int = 0):
+        self.config = config
+        self.cost, self.tokens = spent_cost, spent_tokens
+        self.reserved_cost, self.reserved_tokens = 0.0, 0
+        self.exhausted = False
+
+    def reserve(self, prompt_tokens: int, max_new_tokens: int) -> tuple[float, int] | None:
+        cost = self.config.cost(prompt_tokens, max_new_tokens)
+        tokens = prompt_tokens + max_new_tokens
+        over_cost = self.config.max_cost is not None and self.cost + self.reserved_cost + cost > self.config.max_cost
+        over_tokens = self.config.max_tokens is not None and self.tokens + self.reserved_tokens + tokens > self.config.max_tokens
+        if over_cost or over_tokens:
+            self.exhausted = True
+            return None
+        self.reserved_cost += cost
+        self.reserved_tokens += tokens
+        return cost, tokens
+
+    def settle(self, reservation: tuple[float, int], completion: Completion | None) -> None:
+        self.reserved_cost -= reservation[0]
+        self.reserved_tokens -= reservation[1]
+        if completion is not None:
+            self.cost += completion.cost
+            self.tokens += completion.prompt_tokens + completion.completion_tokens
+
+
+class RateLimiter:
+    """A token bucket holding one minute's allowance, refilled continuously."""
+
+    def __init__(self, per_minute: float):
+        self.rate = per_minute / 60.0
+        self.capacity = per_minute
+        self.level = per_minute
+        self.updated = time.monotonic()
+        self.lock = asyncio.Lock()
+
+    async def acquire(self, amount: float = 1.0) -> None:
+        amount = min(amount, self.capacity)
+        async with self.lock:
+            while True:
+                now = time.monotonic()
+                self.level = min(self.capacity, self.level + (now - self.updated) * self.rate)
+                self.updated = now
+                if self.level >= amount:
+                    self.level -= amount
+                    return
+                await asyncio.sleep((amount - self.level) / self.rate)
+
+
+class PromptSizer:
+    """Upper-bounds a prompt's token count before sending: UTF-8 bytes per token never
+    exceed the worst ratio seen so far (start: one token per byte, the BPE worst case)."""
+
+    def __init__(self) -> None:
+        self.tokens_per_byte = 1.0
+        self.seen = False
+
+    def estimate(self, messages: Messages) -> int:
+        size = sum(len(m["content"].encode()) + 8 for m in messages)  # + role and template tokens
+        return int(size * self.tokens_per_byte) + 16
+
+    def observe(self, messages: Messages, prompt_tokens: int) -> None:
+        size = sum(len(m["content"].encode()) + 8 for m in messages)
+        ratio = 1.2 * prompt_tokens / max(size, 1)  # margin for prompts unlike those seen
+        self.tokens_per_byte = max(self.tokens_per_byte, ratio) if self.seen else ratio
+        self.seen = True
+
+
+class OpenAITeacher:
+    def __init__(self, config: APIConfig):
+        import openai
+
+        self.config = config
+        self.client = openai.AsyncOpenAI(
+            base_url=config.base_url or os.environ.get("OPENAI_BASE_URL"),
+            api_key=os.environ.get(config.api_key_env) or "EMPTY",
+            max_retries=0, timeout=config.timeout,
+        )
+        self.sizer = PromptSizer()
+        self.retries = 0
+
+    def run(self, jobs: Sequence[tuple[Messages, int]], max_new_tokens: int, temperature: float,
+            stop: Sequence[str], budget: Budget, on_result: Callable[[int, Completion], None]) -> dict[str, int]:
+        """Send every (messages, seed) job; `on_result(index, completion)` as each one finishes.
+
+        Returns counts: done, failed (retries exhausted), skipped (budget reached).
+        """
+        return asyncio.run(self._run(jobs, max_new_tokens, temperature, stop, budget, on_result))
+
+    async def _run(self, jobs: Sequence[tuple[Messages, int]], max_new_tokens: int, temperature: float,
+                   stop: Sequence[str], budget: Budget, on_result: Callable[[int, Completion], None]) -> dict[str, int]:
+        import openai
+
+        counts = {"done": 0, "failed": 0, "skipped": 0}
+        gate = asyncio.Semaphore(self.config.concurrency)
+        rpm = RateLimiter(self.config.requests_per_minute) if self.config.requests_per_minute else None
+        tpm = RateLimiter(self.config.tokens_per_minute) if self.config.tokens_per_minute else None
+        fatal: list[BaseException] = []
+
+        async def one(index: int, messages: Messages, seed: int) -> None:
+            async with gate:
+                if fatal or budget.exhausted:
+                    counts["skipped"] += 1
+                    return
+                estimate = self.sizer.estimate(messages)
+                reservation = budget.reserve(estimate, max_new_tokens)
+                if reservation is None:
+                    counts["skipped"] += 1
+                    return
+                completion = None
+                try:
+                    if rpm:
+                        await rpm.acquire()
+                    if tpm:
+                        await tpm.acquire(estimate + max_new_tokens)
+                    completion = await self._complete(messages, seed, max_new_tokens, temperature, stop)
+                except GiveUp:
+                    counts["failed"] += 1
+                except (openai.AuthenticationError, openai.PermissionDeniedError, openai.NotFoundError) as error:
+                    fatal.append(error)
+                finally:
+                    budget.settle(reservation, completion)
+                if completion is not None:
+                    counts["done"] += 1
+                    on_result(index, completion)
+
+        try:
+            await asyncio.gather(*(one(i, m, s) for i, (m, s) in enumerate(jobs)))
+        finally:
+            await self.client.close()
+        if fatal:
+            error = fatal[0]
+            raise CotdistillError(f"teacher {self.config.model} at {self.client.base_url}: "
+                                  f"{type(error).__name__}: {getattr(error, 'message', error)}")
+        return counts
+
+    async def _complete(self, messages: Messages, seed: int, max_new_tokens: int, temperature: float,
+                        stop: Sequence[str]) -> Completion:
+        import openai
+
+        request: dict[str, Any] = {"model": self.config.model, "messages": messages, "max_tokens": max_new_tokens,
+                                   "temperature": temperature, "seed": seed}
+        if stop:
+            request["stop"] = list(stop)[:4]  # OpenAI accepts at most four
+        if self.config.top_logprobs:
+            request.update(logprobs=True, top_logprobs=self.config.top_logprobs)
+        for attempt in range(self.config.max_retries + 1):
+            started = time.perf_counter()
+            wait = None
+            try:
+                response = await self.client.chat.completions.create(**request)
+                return self._completion(messages, response, time.perf_counter() - started)
+            except openai.BadRequestError as error:  # this request can never succeed: store why
+                return Completion("", 0, 0, f"refused: {getattr(error, 'message', error)}"[:300], 0.0)
+            except openai.RateLimitError as error:
+                wait = _retry_after(error)
+            except (openai.InternalServerError, openai.APIConnectionError, openai.APIResponseValidationError,
+                    ValueError, MalformedReply):
+                pass  # 5xx, timeouts, resets, and bodies that are cut short (ValueError) or malformed
+            except openai.APIStatusError as error:
+                if error.status_code not in (408, 409) and error.status_code < 500:
+                    raise
+            if attempt == self.config.max_retries:
+                break
+            self.retries += 1
+            cap = min(self.config.max_backoff, self.config.backoff * 2**attempt)
+            await asyncio.sleep(wait if wait is not None else random.uniform(0, cap))
+        raise GiveUp
+
+    def _completion(self, messages: Messages, response: Any, seconds: float) -> Completion:
+        try:
+            choice = response.choices[0]
+            text = choice.message.content
+            usage = response.usage
+            prompt_tokens = usage.prompt_tokens if usage else 0
+            completion_tokens = usage.completion_tokens if usage else 0
+            logprobs = None
+            if self.config.top_logprobs and choice.logprobs and choice.logprobs.content:
+                logprobs = [[t.token, t.logprob, [[top.token, top.logprob] for top in t.top_logprobs or []]]
+                            for t in choice.logprobs.content]
+        except (TypeError, AttributeError, IndexError) as error:
+            raise MalformedReply(str(error)) from None
+        self.sizer.observe(messages, prompt_tokens)
+        return Completion(text or "", prompt_tokens, completion_tokens,
+                          choice.finish_reason or "stop", seconds,
+                          self.config.cost(prompt_tokens, completion_tokens), logprobs)
+
+
+def _retry_after(error: Any) -> float | None:
+    try:
+        return min(60.0, float(error.response.headers.get("retry-after")))
+    except (TypeError, ValueError, AttributeError):
+        return None
