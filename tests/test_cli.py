@@ -50,7 +50,7 @@ def test_usage_errors_also_exit_2():
 
 
 def test_methods_show_prints_the_prompts():
-    result = run("methods", "cot")
+    result = run("methods", "show", "cot")
     assert result.returncode == 0
     assert "teacher prompt" in result.stdout and "The answer is 12." in result.stdout
 

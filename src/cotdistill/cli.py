@@ -56,21 +56,58 @@ def annotate(
     split: Split = "train",
     limit: Limit = None,
     method: Method = "cot",
-    teacher: Annotated[str, typer.Option(help="'gold' (the task's reference rationales), smollm2-135m, a model directory or hub id.")] = "gold",
-    samples: Annotated[int, typer.Option(help="Teacher samples per problem.")] = 1,
+    teacher: Annotated[str, typer.Option(help="'gold' (the task's reference rationales), openai:MODEL (any OpenAI-compatible server), smollm2-135m, a model directory or hub id.")] = "gold",
+    samples: Annotated[int, typer.Option(help="Teacher samples per problem (distinct seeds).")] = 1,
     temperature: Annotated[float, typer.Option(help="Teacher sampling temperature.")] = 0.7,
     max_new_tokens: Annotated[int, typer.Option(help="Longest teacher reply, in tokens.")] = 256,
     seed: int = 0,
-    batch_size: int = 32,
+    batch_size: Annotated[int, typer.Option(help="Local teachers: prompts per generation batch.")] = 32,
     field: Fields = None,
     option: Options = None,
+    prompts: Annotated[Optional[Path], typer.Option(help="YAML file overriding the method's instruction and/or demonstrations.")] = None,
+    base_url: Annotated[Optional[str], typer.Option(help="openai: teachers: server URL, e.g. http://localhost:8000/v1 (default $OPENAI_BASE_URL).")] = None,
+    api_key_env: Annotated[str, typer.Option(help="openai: teachers: environment variable holding the API key.")] = "OPENAI_API_KEY",
+    concurrency: Annotated[int, typer.Option(help="openai: teachers: requests in flight.")] = 16,
+    rpm: Annotated[Optional[float], typer.Option(help="openai: teachers: requests per minute limit.")] = None,
+    tpm: Annotated[Optional[float], typer.Option(help="openai: teachers: tokens per minute limit.")] = None,
+    timeout: Annotated[float, typer.Option(help="openai: teachers: seconds per request attempt.")] = 120.0,
+    max_retries: Annotated[int, typer.Option(help="openai: teachers: retries per request (429, 5xx, timeouts, resets).")] = 8,
+    top_logprobs: Annotated[int, typer.Option(help="openai: teachers: store the top-k log-probs of each token (for distribution matching).")] = 0,
+    price_input: Annotated[float, typer.Option(help="USD per million prompt tokens.")] = 0.0,
+    price_output: Annotated[float, typer.Option(help="USD per million completion tokens.")] = 0.0,
+    max_cost: Annotated[Optional[float], typer.Option(help="Hard cap on this job's spend in USD (earlier runs of the same job count).")] = None,
+    max_tokens: Annotated[Optional[int], typer.Option(help="Hard cap on this job's prompt + completion tokens.")] = None,
+    verify_with: Annotated[Optional[str], typer.Option(help="decompose: keep a decomposition only if this solver model reaches the gold answer with it.")] = None,
+    status: Annotated[bool, typer.Option("--status", help="Only show done / pending / rejected counts and spend.")] = False,
 ) -> None:
     """Have a teacher write rationales; keep those whose answer checks out."""
     from cotdistill.annotate import annotate as run
 
+    api = None
+    if teacher.startswith("openai:"):
+        api = {"base_url": base_url, "api_key_env": api_key_env, "concurrency": concurrency,
+               "requests_per_minute": rpm, "tokens_per_minute": tpm, "timeout": timeout, "max_retries": max_retries,
+               "top_logprobs": top_logprobs, "price_input": price_input, "price_output": price_output,
+               "max_cost": max_cost, "max_tokens": max_tokens}
     _show(run(run_dir, task, data=data, split=split, limit=limit, method=method, teacher=teacher, samples=samples,
               temperature=temperature, max_new_tokens=max_new_tokens, seed=seed, batch_size=batch_size,
-              fields=_pairs(field, "--field"), options=_pairs(option, "--option")))
+              fields=_pairs(field, "--field"), options=_pairs(option, "--option"), prompts=prompts, api=api,
+              verify_with=verify_with, status=status))
+
+
+@app.command()
+def export(
+    run_dir: RunDir = Path("runs/default"),
+    out: Annotated[Path, typer.Option("--out", "-o", help="Output JSONL file (or directory for --format dataset).")] = Path("annotations.jsonl"),
+    method: Method = "cot",
+    format: Annotated[str, typer.Option(help="prompt-completion | messages (TRL JSONL) | dataset (datasets.load_from_disk).")] = "prompt-completion",
+    task: Annotated[Optional[str], typer.Option(help="Only annotations of this task.")] = None,
+    role: Annotated[Optional[list[str]], typer.Option(help="Only these students' examples (e.g. qg, qa); default all.")] = None,
+) -> None:
+    """Write kept annotations as training data other tools read (TRL, datasets)."""
+    from cotdistill.export import export as run
+
+    _show(run(run_dir, out, method=method, format=format, task=task, roles=role))
 
 
 @app.command()
@@ -157,22 +194,43 @@ def quickstart(run_dir: RunDir = Path("runs/quickstart")) -> None:
     console.print(f"report: {out}/report.md, {out}/report.csv and {out}/report.png")
 
 
-@app.command()
-def methods(name: Annotated[Optional[str], typer.Argument(help="Show this method's prompts.")] = None) -> None:
-    """List reasoning formats, or show one method's teacher and student prompts."""
-    from cotdistill.methods import METHODS, get_method
+methods_app = typer.Typer(help="Reasoning formats: list them, or show one's prompts.", no_args_is_help=False)
+app.add_typer(methods_app, name="methods")
+
+
+@methods_app.callback(invoke_without_command=True)
+def methods(context: typer.Context) -> None:
+    """List the reasoning formats (methods); `methods show NAME` prints one's prompts."""
+    from cotdistill.methods import METHODS
+
+    if context.invoked_subcommand is not None:
+        return
+    table = Table("method", "students (roles)", "what it is")
+    for method in METHODS.values():
+        table.add_row(method.name, ", ".join(method.roles), method.description)
+    console.print(table)
+
+
+@methods_app.command("show")
+def methods_show(
+    name: Annotated[str, typer.Argument(help="A method name.")],
+    prompts: Annotated[Optional[Path], typer.Option(help="Show them as overridden by this YAML file.")] = None,
+) -> None:
+    """Show a method's teacher prompt (few-shot) and its students' prompts and targets."""
+    from cotdistill.methods import get_method
     from cotdistill.tasks import Problem
 
-    if name is None:
-        table = Table("method", "what it is")
-        for method in METHODS.values():
-            table.add_row(method.name, method.description)
-        console.print(table)
-        return
-    method = get_method(name)
+    method = get_method(name, prompts)
     example = Problem("example", "{question}", "{answer}")
-    for title, messages in (("teacher prompt", method.teacher_messages(example)),
-                            ("student prompt", method.student_messages(example))):
+    sections = [("teacher prompt", method.teacher_messages(example))]
+    if method.prompts.demonstrations:
+        question, reply = method.prompts.demonstrations[0]
+        parsed = method.parse(reply, Problem("demo", question, ""))
+        demo = Problem("demo", question, parsed.answer or "")
+        for item in method.training_examples(demo, parsed.fields) if parsed.fields else []:
+            sections.append((f"student '{item.role}' (from the first demonstration)",
+                             [*item.messages, {"role": "assistant", "content": item.completion}]))
+    for title, messages in sections:
         console.rule(title)
         for message in messages:
             console.print(f"[bold]{message['role']}:[/bold] ", end="")

@@ -66,14 +66,28 @@ class StubServer:
             ready.set()
             self._loop.run_forever()
 
-        threading.Thread(target=serve, daemon=True).start()
+        self._thread = threading.Thread(target=serve, daemon=True)
+        self._thread.start()
         ready.wait(10)
         return self.base_url
 
     def stop(self) -> None:
-        if self._loop and self._server:
-            self._loop.call_soon_threadsafe(self._server.close)
-            self._loop.call_soon_threadsafe(self._loop.stop)
+        """Close the listener and every open connection, then the loop."""
+        if self._loop is None:
+            return
+        asyncio.run_coroutine_threadsafe(self._shutdown(), self._loop).result(10)
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join(10)
+        self._loop.close()
+        self._loop = None
+
+    async def _shutdown(self) -> None:
+        if self._server:
+            self._server.close()
+        tasks = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
 
     # HTTP --------------------------------------------------------------------------------
     async def _connection(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
@@ -98,7 +112,7 @@ class StubServer:
     async def _respond(self, request_line: str, body: bytes, writer: asyncio.StreamWriter) -> bool:
         """Answer one request; False closes the connection."""
         self.requests += 1
-        if "/chat/completions" not in request_line:
+        if request_line.split(" ")[1:2] != ["/v1/chat/completions"]:
             self._write(writer, 404, {"error": {"message": "only /v1/chat/completions", "type": "not_found"}})
             return True
         request = json.loads(body)

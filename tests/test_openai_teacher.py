@@ -1,0 +1,161 @@
+"""The OpenAI-compatible teacher against a real HTTP server on loopback that injects faults:
+every request ends stored exactly once, totals add up, budgets hold, kill -9 loses nothing."""
+
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+
+import pytest
+
+from cotdistill.annotate import annotate
+from cotdistill.errors import CotdistillError
+from cotdistill.methods import get_method
+from cotdistill.store import Store
+from cotdistill.testing import StubServer, fingerprint
+from cotdistill.tasks import get_task
+
+PROBLEMS = get_task("arith").load(split="train", limit=200)
+ANSWERS = {p.question: p.answer for p in PROBLEMS}
+COT = get_method("cot")
+FAULTS = {"429": 0.06, "500": 0.06, "timeout": 0.02, "truncated": 0.06, "drop": 0.06}
+FAST_RETRIES = {"timeout": 1.0, "backoff": 0.05, "max_retries": 30}
+
+
+def arith_teacher(messages):
+    """Right for every other problem, wrong for the rest: both paths get exercised."""
+    question = messages[-1]["content"].split("\n")[0]
+    answer = int(ANSWERS[question])
+    return f"Let me think. The answer is {answer if answer % 2 == 0 else answer + 1}."
+
+
+def expected_rows(problems, samples):
+    return {fingerprint(COT.teacher_messages(p), s) for p in problems for s in range(samples)}
+
+
+@pytest.fixture
+def server():
+    stub = StubServer(arith_teacher, latency=0.005, faults=FAULTS, hang=3.0)
+    stub.start()
+    yield stub
+    stub.stop()
+
+
+def stored(run_dir):
+    db = sqlite3.connect(run_dir / "store.sqlite")
+    rows = db.execute("SELECT problem_id, sample, kept, reason, prompt_tokens, completion_tokens, cost "
+                      "FROM annotations").fetchall()
+    db.close()
+    return rows
+
+
+def test_faults_every_request_done_exactly_once_with_correct_totals(tmp_path, server):
+    api = {"base_url": server.base_url, "concurrency": 32, "price_input": 2.0, "price_output": 10.0, **FAST_RETRIES}
+    summary = annotate(tmp_path, "arith", limit=200, teacher="openai:stub", samples=2, api=api)
+    assert set(server.injected) == set(FAULTS)  # every fault kind really happened
+    assert summary["retries"] >= sum(server.injected.values()) and summary["failed"] == 0
+    rows = stored(tmp_path)
+    assert len(rows) == 400 and len({(r[0], r[1]) for r in rows}) == 400  # one row per (problem, sample)
+    assert set(server.served) == expected_rows(PROBLEMS, 2) and set(server.served.values()) == {1}
+    kept = sum(int(p.answer) % 2 == 0 for p in PROBLEMS) * 2
+    assert (summary["done"], summary["kept"], summary["pending"]) == (400, kept, 0)
+    assert summary["rejected_by_reason"] == {"wrong answer": 400 - kept}
+    prompt_tokens = sum(len(m["content"].split()) for p in PROBLEMS for m in COT.teacher_messages(p)) * 2
+    assert summary["prompt_tokens"] == sum(r[4] for r in rows) == prompt_tokens
+    completion_tokens = sum(len(arith_teacher(COT.teacher_messages(p)).split()) for p in PROBLEMS) * 2
+    assert summary["completion_tokens"] == sum(r[5] for r in rows) == completion_tokens
+    assert summary["cost"] == pytest.approx((prompt_tokens * 2.0 + completion_tokens * 10.0) / 1e6)
+    again = annotate(tmp_path, "arith", limit=200, teacher="openai:stub", samples=2, api=api)
+    assert again["new"] == 0 and set(server.served.values()) == {1}  # a rerun sends nothing
+
+
+def test_sigkill_mid_run_then_resume_repeats_no_finished_request(tmp_path, server):
+    args = [sys.executable, "-c", "from cotdistill.cli import main; main()", "annotate", "--run-dir", str(tmp_path),
+            "--task", "arith", "--limit", "200", "--samples", "2", "--teacher", "openai:stub",
+            "--base-url", server.base_url, "--concurrency", "4", "--timeout", "1", "--max-retries", "30"]
+    process = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    while time.time() < deadline:
+        time.sleep(0.2)
+        if (tmp_path / "store.sqlite").exists() and len(stored(tmp_path)) >= 100:
+            break
+    os.kill(process.pid, signal.SIGKILL)
+    process.wait()
+    before = stored(tmp_path)
+    assert 100 <= len(before) < 400, "the kill should land mid-run"
+    finished = {fingerprint(COT.teacher_messages(PROBLEMS[int(r[0].split("-")[-1])]), r[1]) for r in before}
+    served_before = sum(server.served.values())
+    result = subprocess.run(args, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    rows = stored(tmp_path)
+    assert len(rows) == 400 and len({(r[0], r[1]) for r in rows}) == 400
+    assert all(server.served[f] == 1 for f in finished)  # nothing stored before the kill was asked again
+    assert set(server.served) == expected_rows(PROBLEMS, 2)
+    assert sum(server.served.values()) - served_before <= 400 - len(before) + 4  # at most the 4 in flight redone
+
+
+def test_budget_cap_stops_before_overspending_and_resumes(tmp_path):
+    server = StubServer(arith_teacher)
+    server.start()
+    try:
+        api = {"base_url": server.base_url, "concurrency": 8, "price_input": 100.0, "price_output": 100.0,
+               "max_cost": 0.5}
+        first = annotate(tmp_path, "arith", limit=100, teacher="openai:stub", max_new_tokens=64, api=api)
+        assert first["stopped_by_budget"] and first["not_sent"] > 0 and first["pending"] > 0
+        assert 0 < first["cost"] <= 0.5 and first["done"] == sum(server.served.values())
+        status = annotate(tmp_path, "arith", limit=100, teacher="openai:stub", max_new_tokens=64, api=api, status=True)
+        assert (status["done"], status["pending"], status["cost"]) == (first["done"], first["pending"], first["cost"])
+        bigger = annotate(tmp_path, "arith", limit=100, teacher="openai:stub", max_new_tokens=64,
+                          api={**api, "max_cost": 100.0})
+        assert bigger["pending"] == 0 and set(server.served.values()) == {1}
+        tokens = annotate(tmp_path / "t", "arith", limit=100, teacher="openai:stub", max_new_tokens=64,
+                          api={"base_url": server.base_url, "max_tokens": 3000})
+        assert tokens["stopped_by_budget"] and 0 < tokens["prompt_tokens"] + tokens["completion_tokens"] <= 3000
+    finally:
+        server.stop()
+
+
+def test_finish_reasons_logprobs_and_unparseable_replies(tmp_path):
+    replies = iter(["The answer is", ("I cannot help with that.", "content_filter"), ("Step one, step two", "length")])
+
+    def teacher(messages):
+        return next(replies, "no final statement at all")
+
+    server = StubServer(teacher)
+    server.start()
+    try:
+        summary = annotate(tmp_path, "arith", limit=4, teacher="openai:stub", temperature=0.0,
+                           api={"base_url": server.base_url, "concurrency": 1, "top_logprobs": 3})
+    finally:
+        server.stop()
+    assert summary["rejected_by_reason"] == {"no final answer statement": 2, "blocked by the teacher's content filter": 1,
+                                             "cut off at max_new_tokens": 1}
+    rows = Store(tmp_path).annotations("cot", kept_only=False)
+    first = next(a for a in rows if a.text == "The answer is")
+    assert [token for token, _, _ in first.logprobs] == ["The", "answer", "is"]
+    assert len(first.logprobs[0][2]) == 3 and first.logprobs[0][2][0] == ["The", -0.25]
+
+
+def test_unreachable_or_refusing_server_is_a_clear_error(tmp_path):
+    with pytest.raises(CotdistillError, match="API options"):
+        annotate(tmp_path, "arith", limit=1, teacher="gold", api={"concurrency": 2})
+    with pytest.raises(CotdistillError, match="unknown API option"):
+        annotate(tmp_path, "arith", limit=1, teacher="openai:m", api={"concurency": 2})
+    server = StubServer()
+    server.start()
+    try:  # a server without the chat route answers 404: fatal, not retried
+        summary_error = None
+        try:
+            annotate(tmp_path, "arith", limit=2, teacher="openai:m",
+                     api={"base_url": server.base_url.replace("/v1", "/nowhere")})
+        except CotdistillError as error:
+            summary_error = str(error)
+        assert summary_error and "NotFoundError" in summary_error
+    finally:
+        server.stop()
+    # a port nobody listens on: retries run out, the requests stay pending, nothing is stored as done
+    summary = annotate(tmp_path / "down", "arith", limit=2, teacher="openai:m",
+                       api={"base_url": "http://127.0.0.1:9/v1", "max_retries": 1, "backoff": 0.01, "timeout": 1})
+    assert (summary["failed"], summary["done"], summary["pending"]) == (2, 0, 2)
