@@ -152,7 +152,7 @@ def test_unreachable_or_refusing_server_is_a_clear_error(tmp_path):
                      api={"base_url": server.base_url.replace("/v1", "/nowhere")})
         except CotdistillError as error:
             summary_error = str(error)
-        assert summary_error and "NotFoundError" in summary_error
+        assert summary_error and "HTTP 404" in summary_error
     finally:
         server.stop()
     # a port nobody listens on: retries run out, the requests stay pending, nothing is stored as done

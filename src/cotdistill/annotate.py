@@ -3,8 +3,8 @@ checked, and stored kept or rejected (with the reason).
 
 Resumable by construction: every request is keyed by a hash of (teacher, method, prompt,
 sampling, sample index); a rerun asks the store which keys exist and sends only the rest.
-Results are committed every few dozen rows or half second, so a crash or kill -9 loses
-at most the requests in flight, which the next run sends again. A request that fails
+Results are committed every few dozen rows or half second (by a writer thread), so a
+crash or kill -9 loses at most the requests in flight, which the next run sends again. A request that fails
 every retry is not stored: it stays pending, never recorded as done.
 
 Teachers: `gold` (the task's own reference reasoning, replayed through the same parser),
@@ -14,6 +14,8 @@ directory, a hub id).
 
 from __future__ import annotations
 
+import queue
+import threading
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, fields as dataclass_fields
@@ -95,31 +97,32 @@ def annotate(
     pending = [r for r in requests if r.key not in done]
     result: dict[str, Any] = {}
     if pending and not status:
-        writer = _Writer(store, the_task.name, split, the_method, teacher)
         with tqdm(total=len(requests), initial=len(requests) - len(pending), desc=f"annotate {method}",
                   unit="req") as bar:
-            writer.bar = bar
-            if teacher == GOLD:
-                for request in pending:
-                    writer.add(request, _gold_completion(the_method, request.problem))
-            elif config is not None:
-                spent = store.annotation_spend(keys)
-                budget = Budget(config, spent["cost"], spent["prompt_tokens"] + spent["completion_tokens"])
-                backend = OpenAITeacher(config)
-                counts = backend.run([(r.messages, seed + r.sample) for r in pending], max_new_tokens, temperature,
-                                     the_method.stop, budget, lambda i, c: writer.add(pending[i], c))
-                result = {"failed": counts["failed"], "retries": backend.retries,
-                          "stopped_by_budget": budget.exhausted, "not_sent": counts["skipped"]}
-            else:
-                model = LocalModel(teacher, batch_size=batch_size)
-                chunk = max(batch_size, 1) * 4
-                for start in range(0, len(pending), chunk):
-                    batch = pending[start : start + chunk]
-                    completions = model.generate([r.messages for r in batch], max_new_tokens, temperature,
-                                                 the_method.stop, seed + start)
-                    for request, completion in zip(batch, completions):
-                        writer.add(request, completion)
-        writer.flush()
+            writer = _Writer(store, the_task.name, split, the_method, teacher, bar)
+            try:
+                if teacher == GOLD:
+                    for request in pending:
+                        writer.add(request, _gold_completion(the_method, request.problem))
+                elif config is not None:
+                    spent = store.annotation_spend(keys)
+                    budget = Budget(config, spent["cost"], spent["prompt_tokens"] + spent["completion_tokens"])
+                    backend = OpenAITeacher(config)
+                    counts = backend.run([(r.messages, seed + r.sample) for r in pending], max_new_tokens,
+                                         temperature, the_method.stop, budget, lambda i, c: writer.add(pending[i], c))
+                    result = {"failed": counts["failed"], "retries": backend.retries,
+                              "stopped_by_budget": budget.exhausted, "not_sent": counts["skipped"]}
+                else:
+                    model = LocalModel(teacher, batch_size=batch_size)
+                    chunk = max(batch_size, 1) * 4
+                    for start in range(0, len(pending), chunk):
+                        batch = pending[start : start + chunk]
+                        completions = model.generate([r.messages for r in batch], max_new_tokens, temperature,
+                                                     the_method.stop, seed + start)
+                        for request, completion in zip(batch, completions):
+                            writer.add(request, completion)
+            finally:
+                writer.close()  # what finished is stored even when the run is interrupted
     if verify_with and not status:
         result["verified"] = _verify(store, the_method, requests, verify_with, config if verify_with.startswith(API_PREFIX) else None,
                                      max_new_tokens, batch_size)
@@ -142,21 +145,49 @@ def _api_config(teacher: str, api: dict[str, Any] | None) -> APIConfig | None:
 
 
 class _Writer:
-    """Parses finished requests and commits them in small batches (by count or by time)."""
+    """Parses finished requests and commits them in small batches (by count or by time) on
+    its own thread, so parsing (PoT runs programs) and SQLite never stall the requests."""
 
-    def __init__(self, store: Store, task: str, split: str, method: Method, teacher: str):
-        self.store, self.task, self.split, self.method, self.teacher = store, task, split, method, teacher
-        self.buffer: list[tuple[Request, Completion]] = []
-        self.flushed = time.monotonic()
-        self.bar: Any = None
+    def __init__(self, store: Store, task: str, split: str, method: Method, teacher: str, bar: Any):
+        self.store, self.task, self.split, self.method, self.teacher, self.bar = store, task, split, method, teacher, bar
+        self.queue: queue.Queue[tuple[Request, Completion] | None] = queue.Queue()
+        self.error: BaseException | None = None
+        self.thread = threading.Thread(target=self._run, name="annotation-writer", daemon=True)
+        self.thread.start()
 
     def add(self, request: Request, completion: Completion) -> None:
-        self.buffer.append((request, completion))
-        if len(self.buffer) >= FLUSH_ROWS or time.monotonic() - self.flushed > FLUSH_SECONDS:
-            self.flush()
+        if self.error is not None:
+            raise self.error
+        self.queue.put((request, completion))
 
-    def flush(self) -> None:
-        batch, self.buffer, self.flushed = self.buffer, [], time.monotonic()
+    def close(self) -> None:
+        """Write what is queued and stop; re-raises a failure of the writer thread."""
+        self.queue.put(None)
+        self.thread.join()
+        if self.error is not None:
+            raise self.error
+
+    def _run(self) -> None:
+        done = False
+        while not done:
+            batch: list[tuple[Request, Completion]] = []
+            deadline = time.monotonic() + FLUSH_SECONDS
+            while len(batch) < FLUSH_ROWS:
+                try:
+                    item = self.queue.get(timeout=max(0.0, deadline - time.monotonic()) if batch else None)
+                except queue.Empty:
+                    break
+                if item is None:
+                    done = True
+                    break
+                batch.append(item)
+            try:
+                self._write(batch)
+            except BaseException as error:  # handed to the main thread by add() / close()
+                self.error = error
+                return
+
+    def _write(self, batch: list[tuple[Request, Completion]]) -> None:
         if not batch:
             return
         parseable = [i for i, (_, c) in enumerate(batch) if _failure(c) is None]
@@ -175,8 +206,7 @@ class _Writer:
                 cost=completion.cost, finish_reason=completion.finish_reason, logprobs=completion.logprobs,
             ))
         self.store.add_annotations(rows)
-        if self.bar is not None:
-            self.bar.update(len(rows))
+        self.bar.update(len(rows))
 
 
 def _failure(completion: Completion) -> str | None:

@@ -11,6 +11,7 @@ that value as text, or a typed error: timeout, memory, exception, no answer, out
 
 from __future__ import annotations
 
+import atexit
 import json
 import os
 import subprocess
@@ -192,3 +193,18 @@ class Sandbox:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+_shared: Sandbox | None = None
+_shared_lock = threading.Lock()
+
+
+def shared_sandbox() -> Sandbox:
+    """One process-wide pool with default limits, started on first use and closed at exit,
+    so batch after batch of programs pays for worker start-up once."""
+    global _shared
+    with _shared_lock:
+        if _shared is None:
+            _shared = Sandbox()
+            atexit.register(_shared.close)
+        return _shared

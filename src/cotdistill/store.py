@@ -102,9 +102,10 @@ class Store:
         self.run_dir = Path(run_dir)
         self.run_dir.mkdir(parents=True, exist_ok=True)
         self.path = self.run_dir / "store.sqlite"
-        self.db = sqlite3.connect(self.path, timeout=60)
+        self.db = sqlite3.connect(self.path, timeout=60, check_same_thread=False)  # annotate writes from one writer thread
         self.db.row_factory = sqlite3.Row
         self.db.execute("PRAGMA journal_mode=WAL")
+        self.db.execute("PRAGMA synchronous=NORMAL")  # WAL + NORMAL: a killed process loses no commit; only power loss can
         self.db.executescript(SCHEMA)
         self._migrate()
 

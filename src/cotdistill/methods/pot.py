@@ -16,7 +16,7 @@ from typing import Any
 
 from cotdistill.answers import is_correct, normalize, parse_number
 from cotdistill.methods.base import DEMO_QUESTIONS, Example, Method, Parsed, Prompts
-from cotdistill.sandbox import Sandbox
+from cotdistill.sandbox import shared_sandbox
 from cotdistill.tasks import Problem
 
 PROMPTS = Prompts(
@@ -80,8 +80,7 @@ def check_programs(programs: Sequence[str | None], problems: Sequence[Problem],
     runnable = [(i, p) for i, p in enumerate(programs) if p]
     outcomes = {}
     if runnable:
-        with Sandbox(workers=min(len(runnable), 4)) as sandbox:
-            outcomes = dict(zip((i for i, _ in runnable), sandbox.run_many([p for _, p in runnable])))
+        outcomes = dict(zip((i for i, _ in runnable), shared_sandbox().run_many([p for _, p in runnable])))
     results = []
     for i, problem in enumerate(problems):
         outcome = outcomes.get(i)
