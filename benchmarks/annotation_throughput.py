@@ -7,7 +7,7 @@ the two clients is client overhead. Both send the same GSM8K few-shot CoT chat r
 them (cotdistill: `annotate()`, parsing and storing included; distilabel: a Pipeline with
 one ChatGeneration step whose input_batch_size is the concurrency).
 
-    .venv/bin/python benchmarks/annotation_throughput.py --n 4000 --latency 0.25 --concurrency 64
+    .venv/bin/python benchmarks/annotation_throughput.py --n 7473 --latency 0.25 --concurrency 64
 """
 
 from __future__ import annotations
@@ -73,7 +73,7 @@ def run_distilabel(base_url: str, n: int, concurrency: int) -> float:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--n", type=int, default=4000)
+    parser.add_argument("--n", type=int, default=7473, help="requests (GSM8K train has 7,473 questions)")
     parser.add_argument("--latency", type=float, default=0.25)
     parser.add_argument("--concurrency", type=int, default=64)
     parser.add_argument("--port", type=int, default=8765)

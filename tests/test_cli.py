@@ -29,6 +29,9 @@ def test_help_lists_every_verb():
     (["annotate", "--task", "jsonl", "--field", "rationale=r", "--data", "{tmp}/bad.jsonl"], "--field rationale"),
     (["eval", "--task", "arith", "--limit", "1", "--model", "no-such-org/no-such-model"], "unknown model 'no-such-org/no-such-model'"),
     (["annotate", "--method", "tot"], "unknown method 'tot'"),
+    (["annotate", "--method", "cot", "--verify-with", "smollm2-135m"], "method cot has no solver stage"),
+    (["annotate", "--prompts", "{tmp}/missing.yaml"], "missing.yaml: no such prompts file"),
+    (["methods", "show", "tot"], "unknown method 'tot'"),
     (["train", "--student", "smollm2-135m"], "no kept cot annotations"),
     (["run", "{tmp}/recipe.yaml"], "step 1 (eval): unknown argument(s) modle"),
 ])
@@ -36,7 +39,7 @@ def test_bad_input_is_one_line_and_exit_code_2(tmp_path, args, message):
     (tmp_path / "bad.jsonl").write_text('{"question": "a", "answer": "#### 1"}\n{"question": \n')
     (tmp_path / "nofield.jsonl").write_text('{"question": "a"}\n')
     (tmp_path / "recipe.yaml").write_text("steps:\n  - eval: {modle: x}\n")
-    args = [a.format(tmp=tmp_path) for a in args] + ["--run-dir", str(tmp_path / "run")] * (args[0] != "run")
+    args = [a.format(tmp=tmp_path) for a in args] + ["--run-dir", str(tmp_path / "run")] * (args[0] not in ("run", "methods"))
     result = run(*args)
     assert result.returncode == 2, result.stderr
     lines = result.stderr.strip().splitlines()
@@ -55,7 +58,13 @@ def test_methods_show_prints_the_prompts():
     assert "teacher prompt" in result.stdout and "The answer is 12." in result.stdout
 
 
-def test_annotate_then_status_through_the_cli(tmp_path):
+def test_annotate_status_and_export_through_the_cli(tmp_path):
     result = run("annotate", "--task", "arith", "--limit", "5", "--run-dir", str(tmp_path))
     assert result.returncode == 0, result.stderr
     assert '"kept": 5' in result.stdout
+    status = run("annotate", "--task", "arith", "--limit", "8", "--run-dir", str(tmp_path), "--status")
+    assert status.returncode == 0 and '"done": 5' in status.stdout and '"pending": 3' in status.stdout
+    out = tmp_path / "cot.jsonl"
+    exported = run("export", "--run-dir", str(tmp_path), "--out", str(out))
+    assert exported.returncode == 0, exported.stderr
+    assert len(out.read_text().splitlines()) == 5

@@ -159,3 +159,28 @@ def test_unreachable_or_refusing_server_is_a_clear_error(tmp_path):
     summary = annotate(tmp_path / "down", "arith", limit=2, teacher="openai:m",
                        api={"base_url": "http://127.0.0.1:9/v1", "max_retries": 1, "backoff": 0.01, "timeout": 1})
     assert (summary["failed"], summary["done"], summary["pending"]) == (2, 0, 2)
+
+
+def test_decompositions_verified_by_a_solver_server(tmp_path):
+    def solver(messages):  # right on problems with an even answer, wrong on the rest
+        question = messages[-1]["content"].split("\n")[0]
+        answer = int(ANSWERS[question])
+        return f"Working through the sub-questions. The answer is {answer if answer % 2 == 0 else answer + 1}."
+
+    server = StubServer(solver)
+    server.start()
+    try:
+        summary = annotate(tmp_path, "arith", limit=10, method="decompose", teacher="gold",
+                           verify_with="openai:solver", api={"base_url": server.base_url})
+        again = annotate(tmp_path, "arith", limit=10, method="decompose", teacher="gold",
+                         verify_with="openai:solver", api={"base_url": server.base_url})
+    finally:
+        server.stop()
+    even = sum(int(p.answer) % 2 == 0 for p in PROBLEMS[:10])
+    assert (summary["verified"], summary["kept"]) == (10, even) and again["verified"] == 0
+    assert set(summary["rejected_by_reason"]) == {"solver openai:solver missed the gold answer with it (wrong answer)"}
+    kept = Store(tmp_path).annotations("decompose")
+    assert all(a.parsed["solution"].startswith("Working through") for a in kept)
+    problem = next(p for p in PROBLEMS if p.id == kept[0].problem_id)
+    solver_example = get_method("decompose").training_examples(problem, kept[0].parsed)[1]
+    assert solver_example.role == "solver" and solver_example.completion.startswith("Working through")

@@ -63,6 +63,16 @@ def test_finished_student_is_not_trained_again(tmp_path, tiny_model):
     assert (output / "cotdistill.json").stat().st_mtime_ns == stamp
 
 
+def test_a_chosen_role_trains_that_student_only(tmp_path, tiny_model):
+    annotate(tmp_path, "arith", limit=4, method="socratic")
+    output = train(tmp_path, name="qg", student=str(tiny_model), method="socratic", roles=["qg"], max_steps=1,
+                   disable_tqdm=True)
+    summary = json.loads((output / "cotdistill.json").read_text())
+    assert summary["roles"] == ["qg"] and summary["examples"] == 4  # one question-generator example per chain
+    with pytest.raises(CotdistillError, match="method socratic has no role"):
+        train(tmp_path, name="x", student=str(tiny_model), method="socratic", roles=["solver"])
+
+
 def test_training_without_annotations_is_a_clear_error(tmp_path, tiny_model):
     with pytest.raises(CotdistillError, match="no kept cot annotations"):
         train(tmp_path, student=str(tiny_model))

@@ -1,6 +1,6 @@
 """cotdistill: distil a teacher LLM's step-by-step reasoning into a small student model.
 
-The Python API mirrors the CLI verbs: annotate -> train -> evaluate -> report, with
+The Python API mirrors the CLI verbs: annotate (-> export) -> train -> evaluate -> report, with
 `run_recipe` chaining them from a YAML file. Imports are lazy so that `cotdistill --help`
 does not wait for torch.
 """
@@ -12,6 +12,8 @@ __version__ = "0.1.0"
 
 _API = {
     "annotate": "cotdistill.annotate",
+    "export": "cotdistill.export",
+    "get_method": "cotdistill.methods",
     "train": "cotdistill.train",
     "SFTConfig": "cotdistill.train",
     "evaluate": "cotdistill.evaluate",

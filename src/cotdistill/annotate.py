@@ -78,6 +78,8 @@ def annotate(
     the_method = get_method(method, prompts)
     if verify_with and not hasattr(the_method, "solver_messages"):
         raise CotdistillError(f"--verify-with filters decompositions; method {method} has no solver stage")
+    if api and not any(name.startswith(API_PREFIX) for name in (teacher, verify_with or "")):
+        raise CotdistillError(f"API options ({', '.join(api)}) apply to openai:MODEL teachers, not {teacher!r}")
     config = _api_config(teacher, api)
     problems = the_task.load(data, split, limit)
     store = Store(run_dir)
@@ -124,7 +126,7 @@ def annotate(
             finally:
                 writer.close()  # what finished is stored even when the run is interrupted
     if verify_with and not status:
-        result["verified"] = _verify(store, the_method, requests, verify_with, config if verify_with.startswith(API_PREFIX) else None,
+        result["verified"] = _verify(store, the_method, requests, verify_with, _api_config(verify_with, api),
                                      max_new_tokens, batch_size)
     summary = {"problems": len(problems), "requests": len(requests), "new": 0 if status else len(pending),
                **store.annotation_status(keys), **result}
@@ -132,16 +134,15 @@ def annotate(
     return summary
 
 
-def _api_config(teacher: str, api: dict[str, Any] | None) -> APIConfig | None:
-    if not teacher.startswith(API_PREFIX):
-        if api:
-            raise CotdistillError(f"API options ({', '.join(api)}) apply to openai:MODEL teachers, not {teacher!r}")
+def _api_config(model: str, api: dict[str, Any] | None) -> APIConfig | None:
+    """The backend settings for an `openai:MODEL` name; None for other models."""
+    if not model.startswith(API_PREFIX):
         return None
     known = {f.name for f in dataclass_fields(APIConfig)} - {"model"}
     unknown = set(api or {}) - known
     if unknown:
         raise CotdistillError(f"unknown API option(s) {', '.join(sorted(unknown))} (known: {', '.join(sorted(known))})")
-    return APIConfig(model=teacher[len(API_PREFIX):], **(api or {}))
+    return APIConfig(model=model[len(API_PREFIX):], **(api or {}))
 
 
 class _Writer:
@@ -244,10 +245,9 @@ def _verify(store: Store, method: Any, requests: Sequence[Request], solver: str,
         return 0
     jobs = [method.solver_messages(by_key[a.key].problem, a.parsed["subquestions"]) for a in todo]
     if config is not None:
-        solver_config = APIConfig(**{**config.__dict__, "model": solver[len(API_PREFIX):]})
         replies: dict[int, Completion] = {}
-        OpenAITeacher(solver_config).run([(m, 0) for m in jobs], max_new_tokens, 0.0, method.stop,
-                                         Budget(solver_config), replies.__setitem__)
+        OpenAITeacher(config).run([(m, 0) for m in jobs], max_new_tokens, 0.0, method.stop, Budget(config),
+                                  replies.__setitem__)
         completions = [replies.get(i) for i in range(len(jobs))]
     else:
         completions = list(LocalModel(solver, batch_size=batch_size).generate(jobs, max_new_tokens, 0.0, method.stop))

@@ -124,6 +124,7 @@ def train(
     batch_size: int = 8,
     max_length: int = 512,
     seed: int = 0,
+    role: Annotated[Optional[list[str]], typer.Option(help="Which of the method's students to train (e.g. qg, qa, unified; see `cotdistill methods`).")] = None,
     set_: Annotated[Optional[list[str]], typer.Option("--set", help="Any TrainingArguments field KEY=VALUE (YAML value).")] = None,
 ) -> None:
     """Fine-tune a student on the kept annotations of one method (resumes from its last checkpoint)."""
@@ -135,7 +136,7 @@ def train(
                               "learning_rate": learning_rate or (1e-3 if lora else 5e-5),
                               "per_device_train_batch_size": batch_size, "max_length": max_length, "seed": seed}
     config.update({k: yaml.safe_load(v) for k, v in _pairs(set_, "--set").items()})
-    output = run(run_dir, name=name, student=student, method=method, task=task, **config)
+    output = run(run_dir, name=name, student=student, method=method, task=task, roles=role, **config)
     console.print(f"student saved in [bold]{output}[/bold]")
 
 

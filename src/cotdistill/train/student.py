@@ -49,12 +49,13 @@ def train(
     store = Store(run_dir)
     run_name = f"train:{name}"
     the_method = get_method(method)
+    chosen = {"roles": roles} if roles else {}  # recorded only when chosen, so older runs still resume
     roles = list(roles or the_method.train_roles)
     unknown = set(roles) - set(the_method.roles)
     if unknown:
         raise CotdistillError(f"method {method} has no role(s) {', '.join(sorted(unknown))} "
                               f"(roles: {', '.join(the_method.roles)})")
-    settings = {"student": student, "method": method, "task": task, "split": split, "roles": roles, **config}
+    settings = {"student": student, "method": method, "task": task, "split": split, **chosen, **config}
     store.check_settings(run_name, settings)
     previous = store.run(run_name)
     if previous and previous["status"] == "done" and (output / "cotdistill.json").is_file():
