@@ -1,6 +1,7 @@
 """The OpenAI-compatible teacher against a real HTTP server on loopback that injects faults:
 every request ends stored exactly once, totals add up, budgets hold, kill -9 loses nothing."""
 
+import asyncio
 import os
 import signal
 import sqlite3
@@ -13,6 +14,7 @@ import pytest
 from cotdistill.annotate import annotate
 from cotdistill.errors import CotdistillError
 from cotdistill.methods import get_method
+from cotdistill.models.openai_api import RateLimiter
 from cotdistill.store import Store
 from cotdistill.testing import StubServer, fingerprint
 from cotdistill.tasks import get_task
@@ -117,8 +119,19 @@ def test_budget_cap_stops_before_overspending_and_resumes(tmp_path):
         server.stop()
 
 
-def test_finish_reasons_logprobs_and_unparseable_replies(tmp_path):
-    replies = iter(["The answer is", ("I cannot help with that.", "content_filter"), ("Step one, step two", "length")])
+def test_rate_limiter_holds_the_rate():
+    async def take(n):
+        limiter = RateLimiter(per_minute=600)  # 10 per second, bursts of at most 100
+        started = time.perf_counter()
+        for _ in range(n):
+            await limiter.acquire()
+        return time.perf_counter() - started
+
+    assert asyncio.run(take(100)) < 0.5 and 1.9 < asyncio.run(take(120)) < 3.0
+
+
+def test_finish_reasons_refusals_logprobs_and_unparseable_replies(tmp_path):
+    replies = iter(["The answer is", ("I cannot help with that.", "content_filter"), ("Step one, step two", "length"), 400])
 
     def teacher(messages):
         return next(replies, "no final statement at all")
@@ -130,8 +143,10 @@ def test_finish_reasons_logprobs_and_unparseable_replies(tmp_path):
                            api={"base_url": server.base_url, "concurrency": 1, "top_logprobs": 3})
     finally:
         server.stop()
-    assert summary["rejected_by_reason"] == {"no final answer statement": 2, "blocked by the teacher's content filter": 1,
+    assert summary["rejected_by_reason"] == {"no final answer statement": 1, "blocked by the teacher's content filter": 1,
                                              "cut off at max_new_tokens": 1}
+    assert (summary["refused"], summary["pending"]) == (1, 1)  # a 4xx is not stored: the next run asks again
+    assert summary["first_refusal"] == "HTTP 400: scripted error 400"
     rows = Store(tmp_path).annotations("cot", kept_only=False)
     first = next(a for a in rows if a.text == "The answer is")
     assert [token for token, _, _ in first.logprobs] == ["The", "answer", "is"]

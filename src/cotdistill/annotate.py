@@ -5,7 +5,8 @@ Resumable by construction: every request is keyed by a hash of (teacher, method,
 sampling, sample index); a rerun asks the store which keys exist and sends only the rest.
 Results are committed every few dozen rows or half second (by a writer thread), so a
 crash or kill -9 loses at most the requests in flight, which the next run sends again. A request that fails
-every retry is not stored: it stays pending, never recorded as done.
+every retry, or that the server refuses (4xx), is not stored: it stays pending, never
+recorded as done, and the summary says how many and why.
 
 Teachers: `gold` (the task's own reference reasoning, replayed through the same parser),
 `openai:MODEL` (any OpenAI-compatible server), or a local model (the embedded alias, a
@@ -112,8 +113,10 @@ def annotate(
                     backend = OpenAITeacher(config)
                     counts = backend.run([(r.messages, seed + r.sample) for r in pending], max_new_tokens,
                                          temperature, the_method.stop, budget, lambda i, c: writer.add(pending[i], c))
-                    result = {"failed": counts["failed"], "retries": backend.retries,
+                    result = {"failed": counts["failed"], "refused": counts["refused"], "retries": backend.retries,
                               "stopped_by_budget": budget.exhausted, "not_sent": counts["skipped"]}
+                    if backend.refusal:
+                        result["first_refusal"] = backend.refusal
                 else:
                     model = LocalModel(teacher, batch_size=batch_size)
                     chunk = max(batch_size, 1) * 4
@@ -219,8 +222,6 @@ def _failure(completion: Completion) -> str | None:
         return "cut off at max_new_tokens"
     if reason == "content_filter":
         return "blocked by the teacher's content filter"
-    if reason.startswith("refused"):
-        return f"teacher {reason}"
     return None
 
 

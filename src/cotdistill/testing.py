@@ -20,7 +20,7 @@ from collections.abc import Callable
 from typing import Any
 
 FAULTS = ("429", "500", "timeout", "truncated", "drop")
-Reply = Callable[[list[dict[str, str]]], "str | tuple[str, str]"]
+Reply = Callable[[list[dict[str, str]]], "str | tuple[str, str] | int"]  # text, (text, finish_reason), or an HTTP error status
 
 
 def fingerprint(messages: list[dict[str, str]], seed: Any) -> str:
@@ -132,7 +132,11 @@ class StubServer:
         if fault == "500":
             self._write(writer, 500, {"error": {"message": "internal error", "type": "server_error"}})
             return True
-        payload = self._completion(request)
+        result = self.reply(request["messages"])
+        if isinstance(result, int):
+            self._write(writer, result, {"error": {"message": f"scripted error {result}", "type": "invalid_request"}})
+            return True
+        payload = self._completion(request, result)
         if fault == "truncated":
             raw = json.dumps(payload).encode()
             self._write_raw(writer, 200, raw[: len(raw) // 2])
@@ -150,8 +154,7 @@ class StubServer:
             draw -= share
         return None
 
-    def _completion(self, request: dict[str, Any]) -> dict[str, Any]:
-        result = self.reply(request["messages"])
+    def _completion(self, request: dict[str, Any], result: str | tuple[str, str]) -> dict[str, Any]:
         text, finish = (result, "stop") if isinstance(result, str) else result
         words = text.split()
         choice: dict[str, Any] = {"index": 0, "message": {"role": "assistant", "content": text},

@@ -63,6 +63,10 @@ class MalformedReply(Exception):
     """A 200 whose body is valid JSON but not a chat completion."""
 
 
+class Refused(Exception):
+    """A 4xx for this request alone (e.g. the prompt is too long): not retried, not stored."""
+
+
 class Fatal(Exception):
     """An answer no retry can change for any request (bad key, no such model or route)."""
 
@@ -101,12 +105,14 @@ class Budget:
 
 
 class RateLimiter:
-    """A token bucket holding one minute's allowance, refilled continuously."""
+    """A token bucket refilled continuously at the per-minute rate, holding at most ten
+    seconds' allowance: a burst never spends a whole minute's quota at once, which servers
+    that enforce the limit over shorter windows would refuse."""
 
     def __init__(self, per_minute: float):
         self.rate = per_minute / 60.0
-        self.capacity = per_minute
-        self.level = per_minute
+        self.capacity = max(1.0, self.rate * 10)
+        self.level = self.capacity
         self.updated = time.monotonic()
         self.lock = asyncio.Lock()
 
@@ -150,12 +156,15 @@ class OpenAITeacher:
                         "Content-Type": "application/json"}
         self.sizer = PromptSizer()
         self.retries = 0
+        self.refusal: str | None = None  # the first 4xx refusal's message, for the summary
 
     def run(self, jobs: Sequence[tuple[Messages, int]], max_new_tokens: int, temperature: float,
             stop: Sequence[str], budget: Budget, on_result: Callable[[int, Completion], None]) -> dict[str, int]:
         """Send every (messages, seed) job; `on_result(index, completion)` as each one finishes.
 
-        Returns counts: done, failed (retries exhausted), skipped (budget reached).
+        Returns counts: done, failed (retries exhausted), refused (a 4xx for that request;
+        it stays pending, so a misconfigured run never marks its requests done), skipped
+        (budget reached).
         """
         return asyncio.run(self._run(jobs, max_new_tokens, temperature, stop, budget, on_result))
 
@@ -163,7 +172,7 @@ class OpenAITeacher:
                    stop: Sequence[str], budget: Budget, on_result: Callable[[int, Completion], None]) -> dict[str, int]:
         import aiohttp
 
-        counts = {"done": 0, "failed": 0, "skipped": 0}
+        counts = {"done": 0, "failed": 0, "refused": 0, "skipped": 0}
         gate = asyncio.Semaphore(self.config.concurrency)
         rpm = RateLimiter(self.config.requests_per_minute) if self.config.requests_per_minute else None
         tpm = RateLimiter(self.config.tokens_per_minute) if self.config.tokens_per_minute else None
@@ -190,6 +199,9 @@ class OpenAITeacher:
                     completion = await self._complete(session, messages, seed, max_new_tokens, temperature, stop)
                 except GiveUp:
                     counts["failed"] += 1
+                except Refused as error:
+                    counts["refused"] += 1
+                    self.refusal = self.refusal or str(error)
                 except Fatal as error:
                     fatal.append(error)
                 finally:
@@ -230,8 +242,8 @@ class OpenAITeacher:
                     raise Fatal(f"HTTP {status}: {_error_message(raw)}")
                 if status == 429:
                     wait = _seconds(retry_after)
-                elif status < 500 and status not in (408, 409):  # this request can never succeed: store why
-                    return Completion("", 0, 0, f"refused: HTTP {status}: {_error_message(raw)}"[:300], 0.0)
+                elif status < 500 and status not in (408, 409):
+                    raise Refused(f"HTTP {status}: {_error_message(raw)}")
             except (aiohttp.ClientError, asyncio.TimeoutError, ValueError, MalformedReply):
                 pass  # resets, timeouts, bodies cut short (ValueError) or not a chat completion
             if attempt == self.config.max_retries:
