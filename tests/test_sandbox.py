@@ -23,6 +23,7 @@ def sandbox():
     ("x = bytearray(2 * 1024**3)", None, "memory"),
     ("print('x' * 10**6)\nanswer = 1", None, "output"),
     ("def f(n):\n    return f(n + 1)\nf(0)", None, "exception"),
+    ("import os, signal\nos.kill(os.getppid(), signal.SIGKILL)", None, "crash"),
 ])
 def test_outcomes(sandbox, program, answer, error):
     outcome = sandbox.run(program)

@@ -136,21 +136,30 @@ shutil.rmtree(ROOT, ignore_errors=True)
 
 class _Worker:
     def __init__(self) -> None:
-        self.process = subprocess.Popen(
+        self.lock = threading.Lock()
+        self.process = self._start()
+
+    @staticmethod
+    def _start() -> subprocess.Popen[str]:
+        return subprocess.Popen(
             [sys.executable, "-I", "-c", _WORKER], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
             text=True, env={"PATH": os.defpath}, cwd="/",
         )
-        self.lock = threading.Lock()
 
     def run(self, code: str, limits: Limits) -> Outcome:
         job = json.dumps({"code": code, "limits": limits.__dict__})
         with self.lock:
+            if self.process.poll() is not None:  # a program killed its worker: replace it
+                self.process = self._start()
             assert self.process.stdin and self.process.stdout
-            self.process.stdin.write(job + "\n")
-            self.process.stdin.flush()
-            line = self.process.stdout.readline()
+            try:
+                self.process.stdin.write(job + "\n")
+                self.process.stdin.flush()
+                line = self.process.stdout.readline()
+            except BrokenPipeError:
+                line = ""
         if not line:
-            return Outcome(None, "crash", "sandbox worker died")
+            return Outcome(None, "crash", "the program killed its sandbox worker")
         result = json.loads(line)
         return Outcome(result.get("answer"), result.get("error"), result.get("detail", ""))
 
