@@ -32,6 +32,7 @@ def test_help_lists_every_verb():
     (["annotate", "--method", "cot", "--verify-with", "smollm2-135m"], "method cot has no solver stage"),
     (["annotate", "--prompts", "{tmp}/missing.yaml"], "missing.yaml: no such prompts file"),
     (["methods", "show", "tot"], "unknown method 'tot'"),
+    (["eval", "--method", "pot", "--limit", "1"], "pot needs program execution or a second stage"),
     (["train", "--student", "smollm2-135m"], "no kept cot annotations"),
     (["run", "{tmp}/recipe.yaml"], "step 1 (eval): unknown argument(s) modle"),
 ])

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from cotdistill.answers import extract_flexible, extract_strict, is_correct
+from cotdistill.errors import CotdistillError
 from cotdistill.methods import get_method
 from cotdistill.models import LocalModel
 from cotdistill.store import Prediction, Store
@@ -48,6 +49,9 @@ def evaluate(
     """Evaluate `model` (a student of this run by name, an alias, a directory or a hub id)."""
     the_task = get_task(task, fields, options)
     the_method = get_method(method)
+    if not the_method.one_call:
+        raise CotdistillError(f"eval runs methods whose student answers in one reply (cot, dss, socratic, kpdd_cot); "
+                              f"{method} needs program execution or a second stage, which eval does not run yet")
     problems = the_task.load(data, split, limit)
     store = Store(run_dir)
     store.add_problems(the_task.name, split, problems)

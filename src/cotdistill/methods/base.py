@@ -97,6 +97,7 @@ class Method:
     roles: tuple[str, ...] = ("student",)  # the students its examples can train
     train_roles: tuple[str, ...] = ("student",)  # the ones `train` uses by default
     stop: tuple[str, ...] = ("\nQuestion:",)  # base models without a chat template run on past their answer
+    one_call: bool = True  # its student answers in one text reply that states the answer (what `eval` runs)
 
     def __init__(self, prompts: Prompts | None = None):
         if prompts is not None:

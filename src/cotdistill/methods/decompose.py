@@ -43,6 +43,7 @@ class Decompose(Method):
     name = "decompose"
     description = "divide-or-conquer: sub-questions only (decomposer), answered by a separate solver"
     prompts = PROMPTS
+    one_call = False
     roles = ("decomposer", "solver")
     train_roles = ("decomposer",)
 
