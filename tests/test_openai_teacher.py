@@ -193,6 +193,7 @@ def test_decompositions_verified_by_a_solver_server(tmp_path):
         server.stop()
     even = sum(int(p.answer) % 2 == 0 for p in PROBLEMS[:10])
     assert (summary["verified"], summary["kept"]) == (10, even) and again["verified"] == 0
+    assert summary["completion_tokens"] > 0  # the gold teacher is free; the solver's tokens are the job's spend
     assert set(summary["rejected_by_reason"]) == {"solver openai:solver missed the gold answer with it (wrong answer)"}
     kept = Store(tmp_path).annotations("decompose")
     assert all(a.parsed["solution"].startswith("Working through") for a in kept)

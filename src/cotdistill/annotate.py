@@ -238,8 +238,8 @@ def _verify(store: Store, method: Any, requests: Sequence[Request], solver: str,
             max_new_tokens: int, batch_size: int) -> int:
     """Divide-or-Conquer's rejection filter: a solver answers each kept, unverified
     decomposition; it stays kept only if the solver reaches the gold answer, and the
-    solver's solution is stored for training a solver student. Resumable: verified rows
-    carry `verified_by`."""
+    solver's solution is stored for training a solver student; its tokens and cost join the
+    row's. Resumable: verified rows carry `verified_by`."""
     by_key = {r.key: r for r in requests}
     todo = [a for a in store.annotations_by_key(list(by_key)) if a.kept and a.parsed.get("verified_by") != solver]
     if not todo:
@@ -259,6 +259,6 @@ def _verify(store: Store, method: Any, requests: Sequence[Request], solver: str,
         check = check_answer(completion.text, by_key[annotation.key].problem, {})
         fields = {**annotation.parsed, "verified_by": solver, "solution": completion.text if check.kept else None}
         reason = "ok" if check.kept else f"solver {solver} missed the gold answer with it ({check.reason})"
-        updates.append((annotation.key, fields, check.kept, reason))
+        updates.append((annotation.key, fields, check.kept, reason, completion))
     store.update_annotations(updates)
     return len(updates)

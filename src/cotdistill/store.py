@@ -165,11 +165,15 @@ class Store:
         return {"done": done, "kept": kept, "rejected": done - kept, "pending": len(keys) - done,
                 "rejected_by_reason": reasons, **self.annotation_spend(keys)}
 
-    def update_annotations(self, updates: Iterable[tuple[str, dict[str, Any], bool, str]]) -> None:
-        """Set (parsed fields, kept, reason) of existing rows by key: a later filter's verdict."""
+    def update_annotations(self, updates: Iterable[tuple[str, dict[str, Any], bool, str, Any]]) -> None:
+        """A later filter's verdict on existing rows: (key, parsed fields, kept, reason, the filter's
+        completion); the filter's tokens and cost are added to the row's, so spend stays whole."""
         with self.db:
-            self.db.executemany("UPDATE annotations SET parsed = ?, kept = ?, reason = ? WHERE key = ?",
-                                [(json.dumps(f), int(k), r, key) for key, f, k, r in updates])
+            self.db.executemany(
+                "UPDATE annotations SET parsed = ?, kept = ?, reason = ?, prompt_tokens = prompt_tokens + ?, "
+                "completion_tokens = completion_tokens + ?, cost = cost + ? WHERE key = ?",
+                [(json.dumps(f), int(k), r, c.prompt_tokens, c.completion_tokens, c.cost, key)
+                 for key, f, k, r, c in updates])
 
     def add_annotations(self, annotations: Iterable[Annotation]) -> None:
         rows = []
