@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from cotdistill.errors import CotdistillError
-from cotdistill.methods import get_method
+from cotdistill.methods import get_method, stored_examples
 from cotdistill.store import Store
 
 FORMATS = ("prompt-completion", "messages", "dataset")
@@ -29,33 +29,20 @@ def export(run_dir: str | Path, out: str | Path, method: str = "cot", format: st
     if format not in FORMATS:
         raise CotdistillError(f"unknown export format {format!r} (known: {', '.join(FORMATS)})")
     the_method = get_method(method)
-    roles = list(roles or the_method.roles)
-    unknown = set(roles) - set(the_method.roles)
-    if unknown:
-        raise CotdistillError(f"method {method} has no role(s) {', '.join(sorted(unknown))} "
-                              f"(roles: {', '.join(the_method.roles)})")
     store = Store(run_dir)
-    annotations = store.annotations(method, task, split)
-    if not annotations:
+    try:
+        pairs = stored_examples(store, the_method, list(roles or the_method.roles), task, split)
+    finally:
         store.close()
-        raise CotdistillError(f"{store.path}: no kept {method} annotations to export")
-    problems: dict[tuple[str, str], dict[str, Any]] = {}
     rows = []
-    for a in annotations:
-        if (a.task, a.split) not in problems:
-            problems[(a.task, a.split)] = {p.id: p for p in store.problems(a.task, a.split)}
-        problem = problems[(a.task, a.split)][a.problem_id]
-        for example in the_method.training_examples(problem, a.parsed):
-            if example.role not in roles:
-                continue
-            meta = {"role": example.role, "task": a.task, "split": a.split, "problem_id": a.problem_id,
-                    "teacher": a.teacher, "sample": a.sample}
-            completion = {"role": "assistant", "content": example.completion}
-            if format == "messages":
-                rows.append({"messages": [*example.messages, completion], **meta})
-            else:
-                rows.append({"prompt": example.messages, "completion": [completion], **meta})
-    store.close()
+    for a, example in pairs:
+        meta = {"role": example.role, "task": a.task, "split": a.split, "problem_id": a.problem_id,
+                "teacher": a.teacher, "sample": a.sample}
+        completion = {"role": "assistant", "content": example.completion}
+        if format == "messages":
+            rows.append({"messages": [*example.messages, completion], **meta})
+        else:
+            rows.append({"prompt": example.messages, "completion": [completion], **meta})
     out = Path(out)
     if format == "dataset":
         from datasets import Dataset
@@ -66,4 +53,4 @@ def export(run_dir: str | Path, out: str | Path, method: str = "cot", format: st
         with out.open("w", encoding="utf-8") as file:
             for row in rows:
                 file.write(json.dumps(row, ensure_ascii=False) + "\n")
-    return {"rows": len(rows), "annotations": len(annotations), "path": str(out), "format": format}
+    return {"rows": len(rows), "annotations": len({a.key for a, _ in pairs}), "path": str(out), "format": format}

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 from cotdistill.errors import CotdistillError
+from cotdistill.store import Annotation, Store
 from cotdistill.methods.base import Example, Method, Parsed, Prompts, load_prompts
 from cotdistill.methods.cot import CoT
 from cotdistill.methods.decompose import Decompose
@@ -24,4 +26,26 @@ def get_method(name: str, prompts: str | Path | None = None) -> Method:
     return cls(load_prompts(prompts, cls.prompts) if prompts else None)
 
 
-__all__ = ["METHODS", "Example", "Method", "Parsed", "Prompts", "get_method"]
+def stored_examples(store: Store, method: Method, roles: list[str], task: str | None = None,
+                    split: str | None = None) -> list[tuple[Annotation, Example]]:
+    """The training examples of the `roles` students, from the store's kept annotations."""
+    unknown = set(roles) - set(method.roles)
+    if unknown:
+        raise CotdistillError(f"method {method.name} has no role(s) {', '.join(sorted(unknown))} "
+                              f"(roles: {', '.join(method.roles)})")
+    annotations = store.annotations(method.name, task, split)
+    if not annotations:
+        where = f" for task {task}" if task else ""
+        raise CotdistillError(f"{store.path}: no kept {method.name} annotations{where}; run `cotdistill annotate` first")
+    problems: dict[tuple[str, str], dict[str, Any]] = {}
+    pairs = []
+    for a in annotations:
+        if (a.task, a.split) not in problems:
+            problems[(a.task, a.split)] = {p.id: p for p in store.problems(a.task, a.split)}
+        for example in method.training_examples(problems[(a.task, a.split)][a.problem_id], a.parsed):
+            if example.role in roles:
+                pairs.append((a, example))
+    return pairs
+
+
+__all__ = ["METHODS", "Example", "Method", "Parsed", "Prompts", "get_method", "stored_examples"]

@@ -16,7 +16,7 @@ from typing import Any
 from transformers.trainer_utils import get_last_checkpoint
 
 from cotdistill.errors import CotdistillError
-from cotdistill.methods import get_method
+from cotdistill.methods import get_method, stored_examples
 from cotdistill.models import load_model
 from cotdistill.store import Store
 from cotdistill.train.sft import make_trainer
@@ -51,31 +51,13 @@ def train(
     the_method = get_method(method)
     chosen = {"roles": roles} if roles else {}  # recorded only when chosen, so older runs still resume
     roles = list(roles or the_method.train_roles)
-    unknown = set(roles) - set(the_method.roles)
-    if unknown:
-        raise CotdistillError(f"method {method} has no role(s) {', '.join(sorted(unknown))} "
-                              f"(roles: {', '.join(the_method.roles)})")
     settings = {"student": student, "method": method, "task": task, "split": split, **chosen, **config}
     store.check_settings(run_name, settings)
     previous = store.run(run_name)
     if previous and previous["status"] == "done" and (output / "cotdistill.json").is_file():
         store.close()
         return output
-    annotations = store.annotations(the_method.name, task, split)
-    if not annotations:
-        where = f" for task {task}" if task else ""
-        raise CotdistillError(f"{store.path}: no kept {method} annotations{where}; run `cotdistill annotate` first")
-    problems = {}
-    for annotation in annotations:
-        key = (annotation.task, annotation.split)
-        if key not in problems:
-            problems[key] = {p.id: p for p in store.problems(*key)}
-    examples = [
-        example
-        for a in annotations
-        for example in the_method.training_examples(problems[(a.task, a.split)][a.problem_id], a.parsed)
-        if example.role in roles
-    ]
+    examples = [example for _, example in stored_examples(store, the_method, roles, task, split)]
     try:
         args = SFTConfig(output_dir=str(output / "checkpoints"), **config)
     except TypeError as error:
