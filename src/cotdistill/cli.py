@@ -224,13 +224,15 @@ def methods_show(
     method = get_method(name, prompts)
     example = Problem("example", "{question}", "{answer}")
     sections = [("teacher prompt", method.teacher_messages(example))]
-    if method.prompts.demonstrations:
-        question, reply = method.prompts.demonstrations[0]
-        parsed = method.parse(reply, Problem("demo", question, ""))
-        demo = Problem("demo", question, parsed.answer or "")
-        for item in method.training_examples(demo, parsed.fields) if parsed.fields else []:
+    demos = method.prompts.demonstrations
+    parsed = method.parse(demos[0][1], Problem("demo", demos[0][0], "")) if demos else None
+    if parsed is not None and parsed.reason in ("ok", "wrong answer") and parsed.fields:  # "wrong": no gold given
+        demo = Problem("demo", demos[0][0], parsed.answer or "")
+        for item in method.training_examples(demo, parsed.fields):
             sections.append((f"student '{item.role}' (from the first demonstration)",
                              [*item.messages, {"role": "assistant", "content": item.completion}]))
+    else:
+        sections.append(("student prompt", method.student_messages(example)))
     for title, messages in sections:
         console.rule(title)
         for message in messages:
