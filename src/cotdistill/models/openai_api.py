@@ -130,20 +130,23 @@ class RateLimiter:
 
 
 class PromptSizer:
-    """Upper-bounds a prompt's token count before sending: UTF-8 bytes per token never
-    exceed the worst ratio seen so far (start: one token per byte, the BPE worst case)."""
+    """Upper-bounds a prompt's token count before sending, from its UTF-8 size: one token per
+    byte (the BPE worst case) until the server reports usage, then the highest tokens-per-byte
+    ratio seen so far plus a 20% margin."""
 
     def __init__(self) -> None:
         self.tokens_per_byte = 1.0
         self.seen = False
 
+    @staticmethod
+    def _bytes(messages: Messages) -> int:
+        return sum(len(m["content"].encode()) + 8 for m in messages)  # + role and template tokens
+
     def estimate(self, messages: Messages) -> int:
-        size = sum(len(m["content"].encode()) + 8 for m in messages)  # + role and template tokens
-        return int(size * self.tokens_per_byte) + 16
+        return int(self._bytes(messages) * self.tokens_per_byte) + 16
 
     def observe(self, messages: Messages, prompt_tokens: int) -> None:
-        size = sum(len(m["content"].encode()) + 8 for m in messages)
-        ratio = 1.2 * prompt_tokens / max(size, 1)  # margin for prompts unlike those seen
+        ratio = 1.2 * prompt_tokens / max(self._bytes(messages), 1)  # margin for prompts unlike those seen
         self.tokens_per_byte = max(self.tokens_per_byte, ratio) if self.seen else ratio
         self.seen = True
 
