@@ -1,12 +1,14 @@
 """Run model-written programs (PoT, KPDD-PoT) away from the caller's process.
 
-A few long-lived worker processes (started once, never per program) each receive programs
-over a pipe and run every one in a forked child with a CPU-time limit, an address-space
-limit, no file writes (RLIMIT_FSIZE 0) and a private empty working directory, killed with
-its whole process group at the wall-clock deadline. The parent never executes the code.
+A few long-lived worker processes (`sandbox_worker.py`, started once, never per program)
+receive programs over a pipe and run each in a forked child under restricted imports and
+builtins, an audit hook refusing files, network, subprocesses and the like, CPU-time,
+address-space and file-size limits, and a wall-clock deadline. The caller never executes
+the code. Forking from a warm worker costs about a millisecond; starting an interpreter
+per program would cost tens.
 
 A program answers by assigning `answer` (or defining `solution()`); the sandbox returns
-that value as text, or a typed error: timeout, memory, exception, no answer, output.
+that value as text, or a typed error (ERRORS).
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
-ERRORS = ("timeout", "memory", "exception", "no answer", "output", "crash")
+ERRORS = ("timeout", "memory", "forbidden", "exception", "no answer", "output", "crash")
 
 
 @dataclass(frozen=True)
@@ -42,98 +44,6 @@ class Limits:
     output_bytes: int = 65536
 
 
-_WORKER = r'''
-import io, json, math, os, resource, select, shutil, signal, sys, tempfile, time, contextlib, fractions
-ROOT = tempfile.mkdtemp(prefix="cotdistill-sandbox-")
-
-def fmt(value):
-    if isinstance(value, bool) or value is None:
-        return str(value)
-    if isinstance(value, float):
-        if value != value or value in (float("inf"), float("-inf")):
-            return str(value)
-        return f"{round(value, 6):.6f}".rstrip("0").rstrip(".")
-    if isinstance(value, fractions.Fraction) and value.denominator == 1:
-        return str(value.numerator)
-    return str(value)
-
-def child(code, limits, workdir, out):
-    os.setsid()
-    os.chdir(workdir)
-    cpu = max(1, math.ceil(limits["seconds"]))
-    resource.setrlimit(resource.RLIMIT_CPU, (cpu, cpu + 1))
-    memory = limits["memory_mb"] * 2**20
-    resource.setrlimit(resource.RLIMIT_AS, (memory, memory))
-    resource.setrlimit(resource.RLIMIT_FSIZE, (0, 0))
-    printed = io.StringIO()
-    try:
-        namespace = {"__name__": "__sandbox__"}
-        with contextlib.redirect_stdout(printed):
-            exec(compile(code, "<program>", "exec"), namespace)
-            answer = namespace.get("answer")
-            if answer is None and callable(namespace.get("solution")):
-                answer = namespace["solution"]()
-        result = {"answer": fmt(answer)} if answer is not None else {"error": "no answer", "detail": "no `answer` variable or solution()"}
-    except MemoryError:
-        result = {"error": "memory", "detail": "MemoryError"}
-    except RecursionError as e:
-        result = {"error": "exception", "detail": "RecursionError"}
-    except BaseException as e:
-        result = {"error": "exception", "detail": f"{type(e).__name__}: {e}"[:300]}
-    if len(printed.getvalue()) > limits["output_bytes"]:
-        result = {"error": "output", "detail": "printed more than the output limit"}
-    os.write(out, json.dumps(result).encode()[: limits["output_bytes"] + 1000])
-    os._exit(0)
-
-def run(code, limits):
-    workdir = tempfile.mkdtemp(dir=ROOT)
-    try:
-        return supervise(code, limits, workdir)
-    finally:
-        shutil.rmtree(workdir, ignore_errors=True)
-
-def supervise(code, limits, workdir):
-    read, write = os.pipe()
-    pid = os.fork()
-    if pid == 0:
-        os.close(read)
-        try:
-            child(code, limits, workdir, write)
-        finally:
-            os._exit(1)
-    os.close(write)
-    chunks, deadline_hit = [], False
-    end = time.monotonic() + limits["seconds"]
-    while True:
-        left = end - time.monotonic()
-        if left <= 0 or not select.select([read], [], [], left)[0]:
-            deadline_hit = True
-            break
-        chunk = os.read(read, 65536)
-        if not chunk:
-            break
-        chunks.append(chunk)
-    os.close(read)
-    with contextlib.suppress(ProcessLookupError):
-        os.killpg(pid, signal.SIGKILL)
-    _, status = os.waitpid(pid, 0)
-    if deadline_hit:
-        return {"error": "timeout", "detail": f"over {limits['seconds']} s wall clock"}
-    if os.WIFSIGNALED(status) and os.WTERMSIG(status) in (signal.SIGXCPU, signal.SIGKILL):
-        return {"error": "timeout", "detail": "over the CPU-time limit"}
-    try:
-        return json.loads(b"".join(chunks))
-    except ValueError:
-        return {"error": "crash", "detail": f"exit status {status}"}
-
-for line in sys.stdin:
-    job = json.loads(line)
-    sys.stdout.write(json.dumps(run(job["code"], job["limits"])) + "\n")
-    sys.stdout.flush()
-shutil.rmtree(ROOT, ignore_errors=True)
-'''
-
-
 class _Worker:
     def __init__(self) -> None:
         self.lock = threading.Lock()
@@ -142,7 +52,7 @@ class _Worker:
     @staticmethod
     def _start() -> subprocess.Popen[str]:
         return subprocess.Popen(
-            [sys.executable, "-I", "-c", _WORKER], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+            [sys.executable, "-I", "-m", "cotdistill.sandbox_worker"], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
             text=True, env={"PATH": os.defpath}, cwd="/",
         )
 
