@@ -64,6 +64,16 @@ def parse_chain(text: str) -> list[list[str]] | None:
     return [[q, without_answer(a) or a] for q, a in steps]  # the final statement is added back once
 
 
+def parse_questions(text: str) -> list[str]:
+    """The sub-questions a question generator wrote, "Q1: ..." lines in order."""
+    questions: list[str] = []
+    for line in text.splitlines():
+        match = _LINE.match(line)
+        if match and match.group(1) == "Q" and int(match.group(2)) == len(questions) + 1:
+            questions.append(match.group(3).strip())
+    return questions
+
+
 class Socratic(Method):
     name = "socratic"
     description = "Socratic CoT: sub-question/sub-answer chain; question generator, solver or unified student"

@@ -138,6 +138,12 @@ class LocalModel:
     def device(self) -> torch.device:
         return self.model.device
 
+    def flops(self, tokens: int) -> float:
+        """Estimated inference compute: 2 x parameters per token processed."""
+        if not hasattr(self, "_parameter_count"):
+            self._parameter_count = sum(p.numel() for p in self.model.parameters())
+        return 2.0 * self._parameter_count * tokens
+
     def generate(self, requests: Sequence[Messages], max_new_tokens: int = 256, temperature: float = 0.0,
                  stop: Sequence[str] = (), seed: int = 0, progress: str | None = None) -> list[Completion]:
         """Completions in request order. Greedy at temperature 0; sampled rows are seeded per batch."""

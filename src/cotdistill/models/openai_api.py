@@ -285,3 +285,22 @@ def _seconds(retry_after: str | None) -> float | None:
         return min(60.0, float(retry_after)) if retry_after is not None else None
     except ValueError:
         return None
+
+
+class APIModel:
+    """An OpenAI-compatible model as a pipeline stage: blocking batched `generate`; a request
+    that fails every retry comes back empty with finish_reason "error"."""
+
+    def __init__(self, config: APIConfig):
+        self.name = PREFIX + config.model
+        self.config = config
+
+    def generate(self, requests: Sequence[Messages], max_new_tokens: int, temperature: float,
+                 stop: Sequence[str], seed: int) -> list[Completion]:
+        replies: dict[int, Completion] = {}
+        OpenAITeacher(self.config).run([(m, seed) for m in requests], max_new_tokens, temperature, stop,
+                                       Budget(self.config), replies.__setitem__)
+        return [replies.get(i, Completion("", 0, 0, "error", 0.0)) for i in range(len(requests))]
+
+    def flops(self, tokens: int) -> float:
+        return 0.0  # unknown for a remote model: its cost is counted in USD

@@ -1,0 +1,63 @@
+"""Pipelines: stages run with their own models, and each stage's cost is counted with that
+stage's own tokenizer."""
+
+import pytest
+
+from cotdistill.errors import CotdistillError
+from cotdistill.methods import get_method
+from cotdistill.models import LocalModel, render_prompt
+from cotdistill.pipeline import Settings, Trace, run_pipeline, vote
+from cotdistill.tasks import get_task
+
+PROBLEMS = get_task("arith").load(split="test", limit=3)
+
+
+def prompt_tokens(model: LocalModel, messages) -> int:
+    return len(model.tokenizer(render_prompt(model.tokenizer, messages),
+                               add_special_tokens=not model.tokenizer.chat_template)["input_ids"])
+
+
+def test_decompose_then_solve_with_two_models_counts_each_stage(tiny_model):
+    decomposer = LocalModel(str(tiny_model))  # a 2-layer model with a 400-token vocabulary
+    solver = LocalModel("smollm2-135m")  # the embedded model, 49k vocabulary
+    traces = run_pipeline("decompose_solve", PROBLEMS, {"decomposer": decomposer, "solver": solver},
+                          settings=Settings(max_new_tokens=24))
+    decompose = get_method("decompose")
+    for problem, trace in zip(PROBLEMS, traces):
+        assert [stage for stage, _ in trace.replies] == ["decomposer", "solver"]
+        plan, solution = trace.replies[0][1], trace.replies[1][1]
+        first, second = trace.stages["decomposer"], trace.stages["solver"]
+        assert (first.calls, second.calls) == (1, 1)
+        assert first.prompt_tokens == prompt_tokens(decomposer, decompose.student_messages(problem))
+        subquestions = decompose.parse(plan, problem).fields.get("subquestions", [])
+        assert second.prompt_tokens == prompt_tokens(solver, decompose.solver_messages(problem, subquestions))
+        encoded = len(solver.tokenizer(solution, add_special_tokens=False)["input_ids"])
+        assert 0 <= second.completion_tokens - encoded <= 1  # + the end-of-sequence token, if it stopped
+        assert 0 < first.completion_tokens <= 24  # the random tiny model's bytes do not round-trip through text
+        for model, cost in ((decomposer, first), (solver, second)):
+            assert cost.flops == pytest.approx(model.flops(cost.prompt_tokens + cost.completion_tokens))
+        assert trace.text == solution
+    assert solver.flops(1) > 100 * decomposer.flops(1)  # the two stages really ran different models
+
+
+def test_socratic_loop_asks_the_solver_once_per_sub_question(tiny_model):
+    model = LocalModel(str(tiny_model))
+    [trace] = run_pipeline("socratic", PROBLEMS[:1], {"qg": model, "qa": model}, settings=Settings(max_new_tokens=8))
+    assert trace.replies[0][0] == "qg" and trace.stages["qg"].calls == 1
+    assert trace.stages["qa"].calls == len(trace.replies) - 1 >= 1
+
+
+def test_bad_pipeline_requests_are_one_clear_error(tiny_model):
+    model = LocalModel(str(tiny_model))
+    with pytest.raises(CotdistillError, match="unknown pipeline 'tree'"):
+        run_pipeline("tree", PROBLEMS, {"model": model})
+    with pytest.raises(CotdistillError, match="needs a model for stage.s. decomposer: pass --model decomposer=MODEL"):
+        run_pipeline("decompose_solve", PROBLEMS, {"solver": model})
+    with pytest.raises(CotdistillError, match="has no stage.s. planner"):
+        run_pipeline("single", PROBLEMS, {"model": model, "planner": model})
+
+
+def test_self_consistency_vote():
+    traces = [Trace("", a) for a in ("12", None, "12.0", "7", "7")]
+    assert vote(traces, "number") == "12"  # 12 and 12.0 are one answer; ties go to the earliest
+    assert vote([Trace("", None)], "number") is None
