@@ -32,7 +32,10 @@ def test_help_lists_every_verb():
     (["annotate", "--method", "cot", "--verify-with", "smollm2-135m"], "method cot has no solver stage"),
     (["annotate", "--prompts", "{tmp}/missing.yaml"], "missing.yaml: no such prompts file"),
     (["methods", "show", "tot"], "unknown method 'tot'"),
-    (["eval", "--method", "pot", "--limit", "1"], "pot needs program execution or a second stage"),
+    (["eval", "--method", "decompose", "--limit", "1"], "use --pipeline decompose_solve"),
+    (["eval", "--pipeline", "decompose_solve", "--model", "solver=smollm2-135m", "--limit", "1"],
+     "needs a model for stage(s) decomposer"),
+    (["eval", "--pipeline", "tree", "--limit", "1"], "unknown pipeline 'tree'"),
     (["train", "--student", "smollm2-135m"], "no kept cot annotations"),
     (["run", "{tmp}/recipe.yaml"], "step 1 (eval): unknown argument(s) modle"),
 ])

@@ -61,3 +61,39 @@ def test_self_consistency_vote():
     traces = [Trace("", a) for a in ("12", None, "12.0", "7", "7")]
     assert vote(traces, "number") == "12"  # 12 and 12.0 are one answer; ties go to the earliest
     assert vote([Trace("", None)], "number") is None
+
+
+def test_eval_runs_a_two_stage_pipeline_and_stores_cost_per_stage(tmp_path, tiny_model):
+    from cotdistill.evaluate import evaluate
+    from cotdistill.report import report
+
+    metrics = evaluate(tmp_path, task="arith", limit=4, pipeline="decompose_solve", max_new_tokens=6,
+                       models={"decomposer": str(tiny_model), "solver": str(tiny_model)})
+    assert metrics["n"] == 4 and metrics["calls_per_problem"] == 2.0
+    assert metrics["stage:decomposer:calls_per_problem"] == metrics["stage:solver:calls_per_problem"] == 1.0
+    assert metrics["flops_per_problem"] > 0 and metrics["usd_per_problem"] == 0.0
+    voted = evaluate(tmp_path, task="arith", limit=4, model=str(tiny_model), samples=3, temperature=1.0,
+                     max_new_tokens=4, name="sc")
+    assert voted["n"] == 4 and voted["samples"] == 3.0 and voted["calls_per_problem"] == 3.0
+    markdown = report(tmp_path)
+    assert "decompose_solve" in markdown and "single x3" in markdown
+
+
+def test_program_pipeline_through_an_api_model_is_executed_and_priced(tmp_path):
+    from cotdistill.evaluate import evaluate
+    from cotdistill.testing import StubServer
+
+    answers = {p.question: p.answer for p in get_task("arith").load(split="test", limit=5)}
+
+    def programmer(messages):
+        question = messages[-1]["content"].split("\n")[0]
+        return f"```python\nanswer = {answers[question]} * 2 // 2\n```"
+
+    server = StubServer(programmer)
+    server.start()
+    try:
+        metrics = evaluate(tmp_path, task="arith", limit=5, method="pot", model="openai:coder",
+                           api={"base_url": server.base_url, "price_input": 1.0, "price_output": 2.0})
+    finally:
+        server.stop()
+    assert metrics["accuracy_strict"] == 1.0 and metrics["usd_per_problem"] > 0 and metrics["flops_per_problem"] == 0

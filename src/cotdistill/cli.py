@@ -143,7 +143,8 @@ def train(
 @app.command("eval")
 def evaluate(
     run_dir: RunDir = Path("runs/default"),
-    model: Annotated[str, typer.Option(help="A student of this run by name, smollm2-135m, a directory or a hub id.")] = "smollm2-135m",
+    model: Annotated[Optional[list[str]], typer.Option(help="MODEL for the single-stage pipeline, or STAGE=MODEL per stage (repeat): a student of this run by name, smollm2-135m, a directory, a hub id or openai:MODEL.")] = None,
+    pipeline: Annotated[str, typer.Option(help="single | decompose_solve (stages decomposer, solver) | socratic (stages qg, qa).")] = "single",
     task: TaskName = "arith",
     data: Data = None,
     split: Split = "test",
@@ -151,18 +152,31 @@ def evaluate(
     method: Method = "cot",
     name: Annotated[Optional[str], typer.Option(help="Name of this eval run in the store and report.")] = None,
     temperature: Annotated[float, typer.Option(help="0 = greedy.")] = 0.0,
+    samples: Annotated[int, typer.Option(help="Samples per problem; > 1 (with temperature > 0) votes on the answer: self-consistency.")] = 1,
     max_new_tokens: int = 256,
     batch_size: int = 32,
     seed: int = 0,
     field: Fields = None,
     option: Options = None,
+    base_url: Annotated[Optional[str], typer.Option(help="openai: models: server URL (default $OPENAI_BASE_URL).")] = None,
+    concurrency: Annotated[int, typer.Option(help="openai: models: requests in flight.")] = 16,
+    price_input: Annotated[float, typer.Option(help="openai: models: USD per million prompt tokens.")] = 0.0,
+    price_output: Annotated[float, typer.Option(help="openai: models: USD per million completion tokens.")] = 0.0,
 ) -> None:
-    """Evaluate a model: accuracy (strict and flexible, 95% CI), tokens and time per problem."""
+    """Evaluate a pipeline: accuracy (strict and flexible, 95% CI) and cost per stage (calls, tokens, time, FLOPs, USD)."""
     from cotdistill.evaluate import evaluate as run
 
-    _show(run(run_dir, model=model, task=task, data=data, split=split, limit=limit, method=method, name=name,
-              temperature=temperature, max_new_tokens=max_new_tokens, batch_size=batch_size, seed=seed,
-              fields=_pairs(field, "--field"), options=_pairs(option, "--option")))
+    values = model or ["smollm2-135m"]
+    stages = _pairs([v for v in values if "=" in v], "--model")
+    single = [v for v in values if "=" not in v]
+    if len(single) > 1 or (single and stages):
+        raise CotdistillError("--model: give one MODEL, or STAGE=MODEL for each stage")
+    api = {"base_url": base_url, "concurrency": concurrency, "price_input": price_input, "price_output": price_output}
+    uses_api = any(v.split("=", 1)[-1].startswith("openai:") for v in values)
+    _show(run(run_dir, model=single[0] if single else "smollm2-135m", models=stages or None, pipeline=pipeline,
+              task=task, data=data, split=split, limit=limit, method=method, name=name, temperature=temperature,
+              samples=samples, max_new_tokens=max_new_tokens, batch_size=batch_size, seed=seed,
+              fields=_pairs(field, "--field"), options=_pairs(option, "--option"), api=api if uses_api else None))
 
 
 @app.command()

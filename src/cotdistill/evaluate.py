@@ -1,5 +1,6 @@
-"""eval: a model answers a task's problems; answers are extracted (strict and flexible),
-scored, and stored with their token counts and time.
+"""eval: a pipeline (one model, or a model per stage) answers a task's problems; answers
+are extracted (strict and flexible), scored, and stored with their cost per stage (calls,
+tokens, seconds, FLOPs, USD).
 
 Predictions are committed chunk by chunk under the eval run's name, so a rerun continues
 where an interrupted one stopped and a finished one costs nothing.
@@ -8,15 +9,21 @@ where an interrupted one stopped and a finished one costs nothing.
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from cotdistill.answers import extract_flexible, extract_strict, is_correct
+from tqdm.auto import tqdm
+
+from cotdistill.answers import extract_flexible, is_correct
 from cotdistill.errors import CotdistillError
 from cotdistill.methods import get_method
 from cotdistill.models import LocalModel
+from cotdistill.models.openai_api import PREFIX as API_PREFIX
+from cotdistill.models.openai_api import APIConfig, APIModel
+from cotdistill.pipeline import Settings, Trace, check_pipeline, run_pipeline, vote
 from cotdistill.store import Prediction, Store
-from cotdistill.tasks import get_task
+from cotdistill.tasks import Problem, get_task
 from cotdistill.train import student_dir
 
 
@@ -45,65 +52,117 @@ def evaluate(
     seed: int = 0,
     fields: dict[str, str] | None = None,
     options: dict[str, str] | None = None,
+    pipeline: str = "single",
+    models: dict[str, str] | None = None,
+    samples: int = 1,
+    api: dict[str, Any] | None = None,
 ) -> dict[str, float]:
-    """Evaluate `model` (a student of this run by name, an alias, a directory or a hub id)."""
+    """Evaluate a pipeline on a task: `model` for the single-stage pipeline, or `models`
+    (stage -> model: a student of this run by name, an alias, a directory, a hub id or
+    openai:MODEL). `samples` > 1 with temperature > 0 adds self-consistency voting.
+    `api` sets the OpenAI-compatible backend (APIConfig fields: base_url, prices, ...)."""
     the_task = get_task(task, fields, options)
     the_method = get_method(method)
-    if not the_method.one_call:
-        raise CotdistillError(f"eval runs methods whose student answers in one reply (cot, dss, socratic, kpdd_cot); "
-                              f"{method} needs program execution or a second stage, which eval does not run yet")
+    stages = dict(models or {"model": model})
+    check_pipeline(pipeline, list(stages))
+    if pipeline == "single" and not the_method.one_call and the_method.name == "decompose":
+        raise CotdistillError("method decompose answers in two stages: use --pipeline decompose_solve")
     problems = the_task.load(data, split, limit)
     store = Store(run_dir)
     store.add_problems(the_task.name, split, problems)
-    trained = student_dir(run_dir, model)
-    model_path = str(trained) if trained.is_dir() else model
-    run = name or f"eval:{model}:{the_task.name}:{split}"
-    config = {"model": model, "model_path": model_path, "task": the_task.name, "split": split, "method": method,
-              "temperature": temperature, "max_new_tokens": max_new_tokens, "problems": len(problems)}
+    paths = {stage: _model_path(run_dir, name_) for stage, name_ in stages.items()}
+    label = model if stages == {"model": model} else ",".join(f"{k}={v}" for k, v in stages.items())
+    run = name or f"eval:{label}:{the_task.name}:{split}" + ("" if pipeline == "single" else f":{pipeline}")
+    config: dict[str, Any] = {"model": label, "model_path": paths.get("model", ""), "task": the_task.name,
+                              "split": split, "method": method, "temperature": temperature,
+                              "max_new_tokens": max_new_tokens, "problems": len(problems)}
+    if pipeline != "single" or models or samples != 1:  # recorded only when used, so older runs still resume
+        config.update(pipeline=pipeline, models=stages, samples=samples)
     store.start_run(run, "eval", config)
     done = store.predicted(run)
-    pending = [p for p in problems if (p.id, 0) not in done]
+    pending = [p for p in problems if any((p.id, s) not in done for s in range(samples))]
     if pending:
-        backend = LocalModel(model_path, batch_size=batch_size)
+        backends: dict[str, Any] = {}  # one backend per distinct model, shared by the stages that use it
+        for stage, path in paths.items():
+            if path not in backends:
+                backends[path] = _backend(path, api, batch_size)
+        by_stage = {stage: backends[path] for stage, path in paths.items()}
         chunk = batch_size * 4
-        for start in range(0, len(pending), chunk):
+        for start in tqdm(range(0, len(pending), chunk), desc=f"eval {label} ({pipeline})", unit="chunk"):
             batch = pending[start : start + chunk]
-            completions = backend.generate([the_method.student_messages(p) for p in batch], max_new_tokens,
-                                           temperature, the_method.stop, seed + start,
-                                           progress=f"eval {model} [{start + len(batch)}/{len(pending)}]")
-            store.add_predictions(_prediction(run, p, c) for p, c in zip(batch, completions))
-    metrics = score(store, run, {p.id for p in problems})
+            for sample in range(samples):
+                settings = Settings(max_new_tokens, temperature, seed + start + 1000 * sample)
+                traces = run_pipeline(pipeline, batch, by_stage, method, settings)
+                store.add_predictions(_prediction(run, p, sample, t) for p, t in zip(batch, traces))
+                store.add_stage_costs(run, [(p.id, sample, t.stages) for p, t in zip(batch, traces)])
+    metrics = score(store, run, problems)
     store.set_metrics(run, metrics)
     store.finish_run(run, metrics)
     store.close()
     return metrics
 
 
-def _prediction(run: str, problem: Any, completion: Any) -> Prediction:
-    strict = extract_strict(completion.text, problem.kind)
-    flexible = extract_flexible(completion.text, problem.kind)
-    return Prediction(run, problem.id, 0, completion.text, strict, flexible,
-                      is_correct(strict, problem.answer, problem.kind), is_correct(flexible, problem.answer, problem.kind),
-                      completion.prompt_tokens, completion.completion_tokens, completion.seconds)
+def _model_path(run_dir: str | Path, name: str) -> str:
+    """A student of this run by name, or the name as given."""
+    trained = student_dir(run_dir, name)
+    return str(trained) if trained.is_dir() else name
 
 
-def score(store: Store, run: str, problem_ids: set[str]) -> dict[str, float]:
-    """Metrics over this call's problems only, however many the run has predicted before."""
-    predictions = [p for p in store.predictions(run) if p.problem_id in problem_ids]
-    n = len(predictions)
-    strict = sum(p.correct_strict for p in predictions)
-    flexible = sum(p.correct_flexible for p in predictions)
+def _backend(name: str, api: dict[str, Any] | None, batch_size: int) -> Any:
+    if name.startswith(API_PREFIX):
+        return APIModel(APIConfig(model=name[len(API_PREFIX):], **(api or {})))
+    return LocalModel(name, batch_size=batch_size)
+
+
+def _prediction(run: str, problem: Any, sample: int, trace: Trace) -> Prediction:
+    flexible = extract_flexible(trace.text, problem.kind)
+    costs = trace.stages.values()
+    return Prediction(run, problem.id, sample, trace.text, trace.answer, flexible,
+                      is_correct(trace.answer, problem.answer, problem.kind),
+                      is_correct(flexible, problem.answer, problem.kind),
+                      sum(c.prompt_tokens for c in costs), sum(c.completion_tokens for c in costs),
+                      sum(c.seconds for c in costs))
+
+
+def score(store: Store, run: str, problems: Sequence[Problem]) -> dict[str, float]:
+    """Metrics over this call's problems only, however many the run has predicted before.
+    With several samples per problem, the strict answer is their majority vote
+    (self-consistency) and costs add up over the samples."""
+    wanted = {p.id: p for p in problems}
+    by_problem: dict[str, list[Prediction]] = {}
+    for prediction in store.predictions(run):
+        if prediction.problem_id in wanted:
+            by_problem.setdefault(prediction.problem_id, []).append(prediction)
+    n = len(by_problem)
+    strict = flexible = no_answer = 0
+    for problem_id, predictions in by_problem.items():
+        problem = wanted[problem_id]
+        answer = vote([Trace(p.text, p.strict) for p in predictions], problem.kind)
+        strict += is_correct(answer, problem.answer, problem.kind)
+        flexible += is_correct(vote([Trace(p.text, p.flexible) for p in predictions], problem.kind),
+                               problem.answer, problem.kind)
+        no_answer += answer is None
     low, high = wilson_interval(strict, n)
-    seconds = sum(p.seconds for p in predictions)
-    return {
+    everything = [p for predictions in by_problem.values() for p in predictions]
+    costs = store.stage_costs(run, set(by_problem))
+    per = (lambda total: total / n) if n else (lambda total: 0.0)
+    metrics = {
         "n": n,
+        "samples": len(everything) / n if n else 0.0,
         "correct_strict": strict,
         "accuracy_strict": strict / n if n else 0.0,
         "ci95_low": low,
         "ci95_high": high,
         "accuracy_flexible": flexible / n if n else 0.0,
-        "no_answer_strict": sum(p.strict is None for p in predictions),
-        "prompt_tokens_per_problem": sum(p.prompt_tokens for p in predictions) / n if n else 0.0,
-        "completion_tokens_per_problem": sum(p.completion_tokens for p in predictions) / n if n else 0.0,
-        "seconds_per_problem": seconds / n if n else 0.0,
+        "no_answer_strict": no_answer,
+        "prompt_tokens_per_problem": per(sum(p.prompt_tokens for p in everything)),
+        "completion_tokens_per_problem": per(sum(p.completion_tokens for p in everything)),
+        "seconds_per_problem": per(sum(p.seconds for p in everything)),
+        "calls_per_problem": per(sum(c["calls"] for c in costs.values())),
+        "flops_per_problem": per(sum(c["flops"] for c in costs.values())),
+        "usd_per_problem": per(sum(c["usd"] for c in costs.values())),
     }
+    for stage, cost in costs.items():
+        for key in ("calls", "prompt_tokens", "completion_tokens", "seconds", "flops", "usd"):
+            metrics[f"stage:{stage}:{key}_per_problem"] = per(cost[key])
+    return metrics

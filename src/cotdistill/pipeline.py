@@ -138,20 +138,25 @@ PIPELINES: dict[str, tuple[tuple[str, ...], Callable[..., list[Trace]]]] = {
 }
 
 
-def run_pipeline(name: str, problems: Sequence[Problem], models: dict[str, Backend], method: str = "cot",
-                 settings: Settings = Settings()) -> list[Trace]:
-    """Run pipeline `name` with one backend per stage (`models`: stage -> backend)."""
+def check_pipeline(name: str, stages: Sequence[str]) -> None:
+    """Refuse an unknown pipeline, an unknown stage, or a stage without a model."""
     if name not in PIPELINES:
         raise CotdistillError(f"unknown pipeline {name!r} (known: {', '.join(PIPELINES)})")
-    stages, run = PIPELINES[name]
-    unknown = set(models) - set(stages)
+    needed = PIPELINES[name][0]
+    unknown = set(stages) - set(needed)
     if unknown:
-        raise CotdistillError(f"pipeline {name} has no stage(s) {', '.join(sorted(unknown))} (stages: {', '.join(stages)})")
-    missing = [s for s in stages if s not in models]
+        raise CotdistillError(f"pipeline {name} has no stage(s) {', '.join(sorted(unknown))} (stages: {', '.join(needed)})")
+    missing = [s for s in needed if s not in stages]
     if missing:
         raise CotdistillError(f"pipeline {name} needs a model for stage(s) {', '.join(missing)}: "
                               f"pass --model {missing[0]}=MODEL")
-    return run(problems, models, get_method(method), settings)
+
+
+def run_pipeline(name: str, problems: Sequence[Problem], models: dict[str, Backend], method: str = "cot",
+                 settings: Settings = Settings()) -> list[Trace]:
+    """Run pipeline `name` with one backend per stage (`models`: stage -> backend)."""
+    check_pipeline(name, list(models))
+    return PIPELINES[name][1](problems, models, get_method(method), settings)
 
 
 def vote(traces: Sequence[Trace], kind: Any) -> str | None:

@@ -8,8 +8,8 @@ from typing import Any
 
 from cotdistill.store import Store
 
-COLUMNS = ["run", "model", "task", "split", "n", "correct", "strict %", "95% CI", "flexible %",
-           "no answer", "tokens/problem", "s/problem"]
+COLUMNS = ["run", "pipeline", "model", "task", "split", "n", "correct", "strict %", "95% CI", "flexible %",
+           "no answer", "calls/problem", "tokens/problem", "GFLOPs/problem", "$/problem", "s/problem"]
 
 
 def eval_rows(store: Store) -> list[dict[str, Any]]:
@@ -23,9 +23,14 @@ def eval_rows(store: Store) -> list[dict[str, Any]]:
             "correct": int(m["correct_strict"]), "strict %": round(100 * m["accuracy_strict"], 1),
             "95% CI": f"{100 * m['ci95_low']:.1f}-{100 * m['ci95_high']:.1f}",
             "flexible %": round(100 * m["accuracy_flexible"], 1), "no answer": int(m["no_answer_strict"]),
+            "pipeline": c.get("pipeline", "single") + (f" x{c['samples']}" if c.get("samples", 1) > 1 else ""),
+            "calls/problem": round(m.get("calls_per_problem", 1.0), 2),
             "tokens/problem": round(m["completion_tokens_per_problem"], 1),
+            "GFLOPs/problem": round(m.get("flops_per_problem", 0.0) / 1e9, 1),
+            "$/problem": f"{m.get('usd_per_problem', 0.0):.6f}",
             "s/problem": round(m["seconds_per_problem"], 3),
             "_low": 100 * m["ci95_low"], "_high": 100 * m["ci95_high"],
+            "_all_tokens": m["prompt_tokens_per_problem"] + m["completion_tokens_per_problem"],
         })
     return rows
 
@@ -79,11 +84,13 @@ def _plot(rows: list[dict[str, Any]], path: Path) -> None:
     bars.set_xlim(0, 100)
     bars.invert_yaxis()
     bars.legend(loc="lower right")
+    by_flops = all(r["GFLOPs/problem"] > 0 for r in rows)  # local models only: compute is comparable
     for r in rows:
-        cost.errorbar(r["tokens/problem"], r["strict %"], yerr=[[r["strict %"] - r["_low"]], [r["_high"] - r["strict %"]]],
-                      fmt="o", capsize=4, label=r["run"])
-    cost.set_title("accuracy vs inference cost")
-    cost.set_xlabel("generated tokens per problem")
+        x = r["GFLOPs/problem"] if by_flops else r["_all_tokens"]
+        cost.errorbar(x, r["strict %"], yerr=[[r["strict %"] - r["_low"]], [r["_high"] - r["strict %"]]],
+                      fmt="o", capsize=4, label=f"{r['run']} ({r['pipeline']})")
+    cost.set_title("accuracy vs inference cost (one point per pipeline / model mix)")
+    cost.set_xlabel("estimated GFLOPs per problem, all stages" if by_flops else "prompt + generated tokens per problem, all stages")
     cost.set_ylabel("strict accuracy (%)")
     cost.set_ylim(0, 100)
     cost.legend(fontsize=7)

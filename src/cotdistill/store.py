@@ -47,6 +47,12 @@ CREATE TABLE IF NOT EXISTS predictions (
     prompt_tokens INTEGER NOT NULL, completion_tokens INTEGER NOT NULL, seconds REAL NOT NULL,
     PRIMARY KEY (run, problem_id, sample)
 );
+CREATE TABLE IF NOT EXISTS stage_costs (
+    run TEXT NOT NULL, problem_id TEXT NOT NULL, sample INTEGER NOT NULL, stage TEXT NOT NULL,
+    calls INTEGER NOT NULL, prompt_tokens INTEGER NOT NULL, completion_tokens INTEGER NOT NULL,
+    seconds REAL NOT NULL, flops REAL NOT NULL, usd REAL NOT NULL,
+    PRIMARY KEY (run, problem_id, sample, stage)
+);
 CREATE TABLE IF NOT EXISTS metrics (
     run TEXT NOT NULL, name TEXT NOT NULL, value REAL NOT NULL, PRIMARY KEY (run, name)
 );
@@ -268,6 +274,25 @@ class Store:
             row = _columns(r, Prediction)
             yield Prediction(**{**row, "correct_strict": bool(row["correct_strict"]),
                                 "correct_flexible": bool(row["correct_flexible"])})
+
+    def add_stage_costs(self, run: str, costs: Iterable[tuple[str, int, dict[str, Any]]]) -> None:
+        """(problem_id, sample, {stage: StageCost}) rows for one eval run."""
+        with self.db:
+            self.db.executemany(
+                "INSERT OR REPLACE INTO stage_costs VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                [(run, problem_id, sample, stage, c.calls, c.prompt_tokens, c.completion_tokens, c.seconds, c.flops,
+                  c.usd) for problem_id, sample, stages in costs for stage, c in stages.items()])
+
+    def stage_costs(self, run: str, problem_ids: set[str]) -> dict[str, dict[str, float]]:
+        """Totals per stage over the given problems (all their samples), in stage order of first use."""
+        totals: dict[str, dict[str, float]] = {}
+        keys = ("calls", "prompt_tokens", "completion_tokens", "seconds", "flops", "usd")
+        for row in self.db.execute("SELECT * FROM stage_costs WHERE run = ? ORDER BY rowid", (run,)):
+            if row["problem_id"] in problem_ids:
+                stage = totals.setdefault(row["stage"], dict.fromkeys(keys, 0.0))
+                for key in keys:
+                    stage[key] += row[key]
+        return totals
 
     def set_metrics(self, run: str, metrics: dict[str, float]) -> None:
         with self.db:
