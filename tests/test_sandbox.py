@@ -32,7 +32,7 @@ def _sandbox_roots() -> set[Path]:
 @pytest.fixture(scope="module")
 def sandbox():
     before = _sandbox_roots()
-    with Sandbox(2, Limits(seconds=1, memory_mb=256, output_bytes=10_000)) as box:
+    with Sandbox(2, Limits(seconds=2, memory_mb=256, output_bytes=10_000)) as box:
         box.roots_before = before
         yield box
     assert _sandbox_roots() <= before  # closed workers remove their temp dirs
