@@ -36,6 +36,7 @@ def test_help_lists_every_verb():
     (["eval", "--pipeline", "decompose_solve", "--model", "solver=smollm2-135m", "--limit", "1"],
      "needs a model for stage(s) decomposer"),
     (["eval", "--pipeline", "tree", "--limit", "1"], "unknown pipeline 'tree'"),
+    (["eval", "--pipeline", "kpdd", "--model", "core=a", "--model", "info=a", "--model", "solution=a"], "pipeline kpdd runs method kpdd_cot"),
     (["train", "--student", "smollm2-135m"], "no kept cot annotations"),
     (["run", "{tmp}/recipe.yaml"], "step 1 (eval): unknown argument(s) modle"),
 ])

@@ -97,3 +97,14 @@ def test_program_pipeline_through_an_api_model_is_executed_and_priced(tmp_path):
     finally:
         server.stop()
     assert metrics["accuracy_strict"] == 1.0 and metrics["usd_per_problem"] > 0 and metrics["flops_per_problem"] == 0
+
+
+def test_kpdd_three_stages_each_called_once(tiny_model):
+    model = LocalModel(str(tiny_model))
+    traces = run_pipeline("kpdd", PROBLEMS[:2], {"core": model, "info": model, "solution": model}, method="kpdd_cot",
+                          settings=Settings(max_new_tokens=6))
+    for trace in traces:
+        assert [stage for stage, _ in trace.replies] == ["core", "info", "solution"]
+        assert all(cost.calls == 1 for cost in trace.stages.values())
+    with pytest.raises(CotdistillError, match="pipeline kpdd runs method kpdd_cot or kpdd_pot, not cot"):
+        run_pipeline("kpdd", PROBLEMS, {"core": model, "info": model, "solution": model})

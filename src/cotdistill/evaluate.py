@@ -16,7 +16,6 @@ from typing import Any
 from tqdm.auto import tqdm
 
 from cotdistill.answers import extract_flexible, is_correct
-from cotdistill.errors import CotdistillError
 from cotdistill.methods import get_method
 from cotdistill.models import LocalModel
 from cotdistill.models.openai_api import PREFIX as API_PREFIX
@@ -62,11 +61,9 @@ def evaluate(
     openai:MODEL). `samples` > 1 with temperature > 0 adds self-consistency voting.
     `api` sets the OpenAI-compatible backend (APIConfig fields: base_url, prices, ...)."""
     the_task = get_task(task, fields, options)
-    the_method = get_method(method)
+    get_method(method)  # an unknown method fails here, before any data or model is loaded
     stages = dict(models or {"model": model})
-    check_pipeline(pipeline, list(stages))
-    if pipeline == "single" and not the_method.one_call and the_method.name == "decompose":
-        raise CotdistillError("method decompose answers in two stages: use --pipeline decompose_solve")
+    check_pipeline(pipeline, list(stages), method)
     problems = the_task.load(data, split, limit)
     store = Store(run_dir)
     store.add_problems(the_task.name, split, problems)

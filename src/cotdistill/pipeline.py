@@ -5,8 +5,8 @@ call, so local models stay batched), and returns one Trace per problem: the fina
 the answer, and per-stage calls, tokens, seconds and estimated cost (FLOPs ~ 2 x
 parameters x tokens for local models, configured USD per million tokens for API models).
 
-    single           one call with the method's student prompt (cot, dss label-only,
-                     socratic unified, kpdd_cot; pot and kpdd_pot run the program)
+    single           one call with the method's student prompt (cot, direct answer-only,
+                     dss label-only, socratic unified, kpdd_cot; pot and kpdd_pot run the program)
     decompose_solve  Divide-or-Conquer: a decomposer writes sub-questions, a solver answers
     socratic         a question generator writes the sub-questions, a solver answers them
                      one by one with the chain so far; the last answer is final
@@ -24,6 +24,7 @@ from typing import Any, Protocol
 from cotdistill.answers import extract_strict, normalize
 from cotdistill.errors import CotdistillError
 from cotdistill.methods import Method, get_method
+from cotdistill.methods.kpdd import core_messages, info_messages, parse_core
 from cotdistill.methods.pot import extract_program
 from cotdistill.methods.socratic import parse_questions
 from cotdistill.models import Completion, Messages
@@ -83,18 +84,37 @@ def _call(stage: str, backend: Backend, requests: list[Messages], traces: list[T
     return completions
 
 
+def _finish(traces: list[Trace], problems: Sequence[Problem], completions: list[Completion], programs: bool) -> None:
+    """Read each final reply's answer: its "The answer is" statement, or what its program
+    computes in the sandbox (pot, kpdd_pot)."""
+    if programs:
+        outcomes = shared_sandbox().run_many([extract_program(c.text) or "" for c in completions])
+        answers = [o.answer if o.ok else None for o in outcomes]
+    else:
+        answers = [extract_strict(c.text, p.kind) for c, p in zip(completions, problems)]
+    for trace, completion, answer in zip(traces, completions, answers):
+        trace.text, trace.answer = completion.text, answer
+
+
 def single(problems: Sequence[Problem], models: dict[str, Backend], method: Method, settings: Settings) -> list[Trace]:
     traces = [Trace("", None) for _ in problems]
     completions = _call("model", models["model"], [method.student_messages(p) for p in problems], traces, settings,
                         method.stop)
-    if method.one_call:
-        for trace, problem, completion in zip(traces, problems, completions):
-            trace.text, trace.answer = completion.text, extract_strict(completion.text, problem.kind)
-        return traces
-    programs = [extract_program(c.text) or "" for c in completions]  # pot / kpdd_pot: run the program
-    for trace, completion, outcome in zip(traces, completions, shared_sandbox().run_many(programs)):
-        trace.text = completion.text
-        trace.answer = outcome.answer if outcome.ok else None
+    _finish(traces, problems, completions, programs=not method.one_call)
+    return traces
+
+
+def kpdd(problems: Sequence[Problem], models: dict[str, Backend], method: Method, settings: Settings) -> list[Trace]:
+    """The three KPDD stages as three calls: core question, problem-solving information,
+    then the solution (text for kpdd_cot, a program for kpdd_pot)."""
+    traces = [Trace("", None) for _ in problems]
+    cores = [parse_core(c.text) for c in _call("core", models["core"], [core_messages(p) for p in problems], traces,
+                                                   settings, method.stop)]
+    infos = [c.text for c in _call("info", models["info"], [info_messages(p, core) for p, core in zip(problems, cores)],
+                                   traces, settings, method.stop)]
+    requests = [method.solution_messages(p, core, info) for p, core, info in zip(problems, cores, infos)]  # type: ignore[attr-defined]
+    _finish(traces, problems, _call("solution", models["solution"], requests, traces, settings, method.stop),
+            programs=method.name == "kpdd_pot")
     return traces
 
 
@@ -135,13 +155,19 @@ PIPELINES: dict[str, tuple[tuple[str, ...], Callable[..., list[Trace]]]] = {
     "single": (("model",), single),
     "decompose_solve": (("decomposer", "solver"), decompose_solve),
     "socratic": (("qg", "qa"), socratic),
+    "kpdd": (("core", "info", "solution"), kpdd),
 }
 
 
-def check_pipeline(name: str, stages: Sequence[str]) -> None:
-    """Refuse an unknown pipeline, an unknown stage, or a stage without a model."""
+def check_pipeline(name: str, stages: Sequence[str], method: str = "cot") -> None:
+    """Refuse an unknown pipeline, a method it cannot run, an unknown stage, or a stage
+    without a model: before any model is loaded."""
     if name not in PIPELINES:
         raise CotdistillError(f"unknown pipeline {name!r} (known: {', '.join(PIPELINES)})")
+    if name == "single" and method == "decompose":
+        raise CotdistillError("method decompose answers in two stages: use --pipeline decompose_solve")
+    if name == "kpdd" and method not in ("kpdd_cot", "kpdd_pot"):
+        raise CotdistillError(f"pipeline kpdd runs method kpdd_cot or kpdd_pot, not {method}")
     needed = PIPELINES[name][0]
     unknown = set(stages) - set(needed)
     if unknown:
@@ -155,7 +181,7 @@ def check_pipeline(name: str, stages: Sequence[str]) -> None:
 def run_pipeline(name: str, problems: Sequence[Problem], models: dict[str, Backend], method: str = "cot",
                  settings: Settings = Settings()) -> list[Trace]:
     """Run pipeline `name` with one backend per stage (`models`: stage -> backend)."""
-    check_pipeline(name, list(models))
+    check_pipeline(name, list(models), method)
     return PIPELINES[name][1](problems, models, get_method(method), settings)
 
 

@@ -10,12 +10,13 @@ from cotdistill.store import Annotation, Store
 from cotdistill.methods.base import Example, Method, Parsed, Prompts, load_prompts
 from cotdistill.methods.cot import CoT
 from cotdistill.methods.decompose import Decompose
+from cotdistill.methods.direct import Direct
 from cotdistill.methods.dss import DSS
 from cotdistill.methods.kpdd import KPDDCoT, KPDDPoT
 from cotdistill.methods.pot import PoT
 from cotdistill.methods.socratic import Socratic
 
-METHODS: dict[str, type[Method]] = {m.name: m for m in (CoT, DSS, Socratic, Decompose, KPDDCoT, KPDDPoT, PoT)}
+METHODS: dict[str, type[Method]] = {m.name: m for m in (CoT, Direct, DSS, Socratic, Decompose, KPDDCoT, KPDDPoT, PoT)}
 
 
 def get_method(name: str, prompts: str | Path | None = None) -> Method:

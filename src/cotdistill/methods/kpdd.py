@@ -17,6 +17,7 @@ from cotdistill.methods.base import (
     DEMO_QUESTIONS, Example, Method, Parsed, Prompts, check_answer, cut_after_answer, gold_cot,
 )
 from cotdistill.methods.pot import PoT, check_programs, extract_program, fenced
+from cotdistill.models import Messages
 from cotdistill.tasks import Problem
 
 CORE, INFO, SOLUTION = "Core question:", "Problem-solving information:", "Solution:"
@@ -72,6 +73,26 @@ def _capitalised(text: str) -> str:
     return text[:1].upper() + text[1:]
 
 
+CORE_STAGE = '{question}\nWhat is the core question of this problem? Reply with one line: "Core question: ..."'
+INFO_STAGE = ("{question}\nCore question: {core}\nList the problem-solving information (the facts needed to "
+              "answer the core question), one per line, numbered.")
+
+
+def core_messages(problem: Problem) -> Messages:
+    """Stage 1 of the three-stage KPDD pipeline: extract the core question."""
+    return [{"role": "user", "content": CORE_STAGE.format(question=problem.question)}]
+
+
+def info_messages(problem: Problem, core: str) -> Messages:
+    """Stage 2: extract the problem-solving information for that core question."""
+    return [{"role": "user", "content": INFO_STAGE.format(question=problem.question, core=core)}]
+
+
+def parse_core(text: str) -> str:
+    match = re.search(rf"{CORE}\s*(.+)", text, re.IGNORECASE)
+    return (match.group(1) if match else text.strip().split("\n")[0]).strip()
+
+
 def split_sections(text: str) -> dict[str, str] | None:
     """{core, info, solution} from the three headed sections, in order; None if one is missing."""
     marks = list(_HEADINGS.finditer(text))
@@ -115,6 +136,11 @@ class KPDDCoT(Method):
     def training_examples(self, problem: Problem, parsed: dict[str, Any]) -> list[Example]:
         return [Example("student", self.student_messages(problem), joined(parsed, parsed["solution"]))]
 
+    def solution_messages(self, problem: Problem, core: str, info: str) -> Messages:
+        """Stage 3: solve, given the key points the first two stages extracted."""
+        return [{"role": "user", "content": f"{self.instruction(problem)}\n{CORE} {core}\n{INFO}\n{info}\n"
+                                            f"Now write the {SOLUTION[:-1].lower()}."}]
+
 
 class KPDDPoT(Method):
     name = "kpdd_pot"
@@ -146,3 +172,5 @@ class KPDDPoT(Method):
 
     def training_examples(self, problem: Problem, parsed: dict[str, Any]) -> list[Example]:
         return [Example("student", self.student_messages(problem), joined(parsed, fenced(parsed["solution"])))]
+
+    solution_messages = KPDDCoT.solution_messages
