@@ -126,9 +126,8 @@ def decompose_solve(problems: Sequence[Problem], models: dict[str, Backend], met
                   settings, decompose.stop)
     subquestions = [decompose.parse(c.text, p).fields.get("subquestions", []) for c, p in zip(plans, problems)]
     requests = [decompose.solver_messages(p, s) for p, s in zip(problems, subquestions)]  # type: ignore[attr-defined]
-    for trace, problem, reply in zip(traces, problems, _call("solver", models["solver"], requests, traces, settings,
-                                                              decompose.stop)):
-        trace.text, trace.answer = reply.text, extract_strict(reply.text, problem.kind)
+    _finish(traces, problems, _call("solver", models["solver"], requests, traces, settings, decompose.stop),
+            programs=False)
     return traces
 
 
