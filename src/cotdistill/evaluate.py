@@ -13,8 +13,6 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from tqdm.auto import tqdm
-
 from cotdistill.answers import extract_flexible, is_correct
 from cotdistill.methods import get_method
 from cotdistill.models import LocalModel
@@ -85,7 +83,7 @@ def evaluate(
                 backends[path] = _backend(path, api, batch_size)
         by_stage = {stage: backends[path] for stage, path in paths.items()}
         chunk = batch_size * 4
-        for start in tqdm(range(0, len(pending), chunk), desc=f"eval {label} ({pipeline})", unit="chunk"):
+        for start in range(0, len(pending), chunk):
             batch = pending[start : start + chunk]
             for sample in range(samples):
                 settings = Settings(max_new_tokens, temperature, seed + start + 1000 * sample)

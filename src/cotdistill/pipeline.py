@@ -36,7 +36,7 @@ class Backend(Protocol):
     name: str
 
     def generate(self, requests: Sequence[Messages], max_new_tokens: int, temperature: float,
-                 stop: Sequence[str], seed: int) -> list[Completion]: ...
+                 stop: Sequence[str], seed: int, progress: str | None = None) -> list[Completion]: ...
 
     def flops(self, tokens: int) -> float: ...
 
@@ -77,7 +77,8 @@ class Settings:
 def _call(stage: str, backend: Backend, requests: list[Messages], traces: list[Trace], settings: Settings,
           stop: Sequence[str]) -> list[Completion]:
     """One batched stage call for the given traces, its cost added to each trace."""
-    completions = backend.generate(requests, settings.max_new_tokens, settings.temperature, stop, settings.seed)
+    completions = backend.generate(requests, settings.max_new_tokens, settings.temperature, stop, settings.seed,
+                                   progress=f"{stage} ({backend.name.rstrip('/').rsplit('/', 1)[-1]})")
     for trace, completion in zip(traces, completions):
         trace.stages.setdefault(stage, StageCost()).add(completion, backend)
         trace.replies.append((stage, completion.text))

@@ -296,10 +296,17 @@ class APIModel:
         self.config = config
 
     def generate(self, requests: Sequence[Messages], max_new_tokens: int, temperature: float,
-                 stop: Sequence[str], seed: int) -> list[Completion]:
+                 stop: Sequence[str], seed: int, progress: str | None = None) -> list[Completion]:
+        from tqdm.auto import tqdm
+
         replies: dict[int, Completion] = {}
-        OpenAITeacher(self.config).run([(m, seed) for m in requests], max_new_tokens, temperature, stop,
-                                       Budget(self.config), replies.__setitem__)
+        with tqdm(total=len(requests), desc=progress, disable=progress is None, unit="req") as bar:
+            def keep(index: int, completion: Completion) -> None:
+                replies[index] = completion
+                bar.update()
+
+            OpenAITeacher(self.config).run([(m, seed) for m in requests], max_new_tokens, temperature, stop,
+                                           Budget(self.config), keep)
         return [replies.get(i, Completion("", 0, 0, "error", 0.0)) for i in range(len(requests))]
 
     def flops(self, tokens: int) -> float:
