@@ -98,6 +98,7 @@ HOSTILE = [
     ("ctypes", "import ctypes\nctypes.CDLL(None).system(b'true')", "forbidden"),
     ("ctypes through sympy", "import sympy\nsympy.external.importtools.import_module('ctypes').CDLL(None)", "forbidden"),
     ("relative import", "from . import x", "forbidden"),
+    ("private module attribute", "import statistics\nstatistics.random._os.write(1, b'garbage')", "forbidden"),
 ]
 
 

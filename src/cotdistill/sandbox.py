@@ -68,9 +68,11 @@ class _Worker:
                 line = self.process.stdout.readline()
             except BrokenPipeError:
                 line = ""
-        if not line:
-            return Outcome(None, "crash", "the program killed its sandbox worker")
-        result = json.loads(line)
+        try:
+            result = json.loads(line)
+        except ValueError:  # the worker died or its channel was written to: start a fresh one next time
+            self.process.kill()
+            return Outcome(None, "crash", "the sandbox worker died or garbled its reply")
         return Outcome(result.get("answer"), result.get("error"), result.get("detail", ""))
 
     def close(self) -> None:

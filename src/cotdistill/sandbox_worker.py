@@ -3,15 +3,16 @@ per line on stdin, runs its program in a forked child, writes one JSON result pe
 
 Layers, each enough for some attacks and all of them together for the rest:
 1. A static check refuses imports outside ALLOWED_IMPORTS, names such as `open`, `eval`,
-   `exec`, `getattr`, and every dunder or interpreter-internal attribute (the
-   `().__class__.__subclasses__()` family of escapes).
+   `exec`, `getattr`, and every private (`_x`, `__x__`) or interpreter-internal attribute
+   (the `().__class__.__subclasses__()` family of escapes, `statistics.random._os`).
 2. The program runs with a reduced set of builtins and an `__import__` that admits only
    ALLOWED_IMPORTS (pre-imported here, so the child opens no file to import them).
 3. An audit hook (PEP 578; code cannot remove it) refuses opening files, sockets,
    subprocesses, fork/exec/kill, ctypes and the other operations listed in DENIED_EVENTS,
    and records every refusal, so a program that swallows the exception still reports
    "forbidden".
-4. The child is its own process group in a private temp dir, under RLIMIT_CPU, RLIMIT_AS
+4. The child is its own process group in a private temp dir, its stdin/stdout/stderr on
+   /dev/null (the result goes back on a pipe of its own), under RLIMIT_CPU, RLIMIT_AS
    and RLIMIT_FSIZE 0 (no bytes written anywhere); the worker kills the group at the
    wall-clock deadline and removes the temp dir.
 """
@@ -107,7 +108,7 @@ def static_check(code: str) -> ast.Module:
     for node in ast.walk(tree):
         if isinstance(node, ast.Name) and node.id in DENIED_NAMES:
             raise Forbidden(f"name {node.id!r} is not allowed")
-        if isinstance(node, ast.Attribute) and (node.attr.startswith("__") or node.attr in DENIED_ATTRIBUTES):
+        if isinstance(node, ast.Attribute) and (node.attr.startswith("_") or node.attr in DENIED_ATTRIBUTES):
             raise Forbidden(f"attribute {node.attr!r} is not allowed")
         if isinstance(node, ast.Import | ast.ImportFrom):
             modules = [a.name for a in node.names] if isinstance(node, ast.Import) else [node.module or ""]
@@ -187,6 +188,9 @@ def execute(code: str, limits: dict[str, Any]) -> dict[str, Any]:
 def child(code: str, limits: dict[str, Any], workdir: str, out: int) -> None:
     os.setsid()
     os.chdir(workdir)
+    null = os.open(os.devnull, os.O_RDWR)
+    for fd in (0, 1, 2):  # the worker's protocol pipes are not the program's to touch
+        os.dup2(null, fd)
     cpu = max(1, math.ceil(limits["seconds"]))
     resource.setrlimit(resource.RLIMIT_CPU, (cpu, cpu + 1))
     memory = limits["memory_mb"] * 2**20
