@@ -89,7 +89,7 @@ def _plot(rows: list[dict[str, Any]], path: Path) -> None:
         x = r["GFLOPs/problem"] if by_flops else r["_all_tokens"]
         cost.errorbar(x, r["strict %"], yerr=[[r["strict %"] - r["_low"]], [r["_high"] - r["strict %"]]],
                       fmt="o", capsize=4, label=f"{r['run']} ({r['pipeline']})")
-    cost.set_title("accuracy vs inference cost (one point per pipeline / model mix)")
+    cost.set_title("accuracy vs inference cost")
     cost.set_xlabel("estimated GFLOPs per problem, all stages" if by_flops else "prompt + generated tokens per problem, all stages")
     cost.set_ylabel("strict accuracy (%)")
     cost.set_ylim(0, 100)
