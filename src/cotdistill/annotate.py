@@ -19,7 +19,7 @@ import queue
 import threading
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, fields as dataclass_fields
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -30,7 +30,7 @@ from cotdistill.methods import Method, get_method
 from cotdistill.methods.base import check_answer
 from cotdistill.models import Completion, LocalModel, Messages
 from cotdistill.models.openai_api import PREFIX as API_PREFIX
-from cotdistill.models.openai_api import APIConfig, Budget, OpenAITeacher
+from cotdistill.models.openai_api import Budget, OpenAITeacher, api_config, load_backend
 from cotdistill.store import Annotation, Store, request_key
 from cotdistill.tasks import Problem, get_task
 
@@ -81,7 +81,7 @@ def annotate(
         raise CotdistillError(f"--verify-with filters decompositions; method {method} has no solver stage")
     if api and not any(name.startswith(API_PREFIX) for name in (teacher, verify_with or "")):
         raise CotdistillError(f"API options ({', '.join(api)}) apply to openai:MODEL teachers, not {teacher!r}")
-    config = _api_config(teacher, api)
+    config = api_config(teacher, api)
     problems = the_task.load(data, split, limit)
     store = Store(run_dir)
     store.add_problems(the_task.name, split, problems)
@@ -129,23 +129,12 @@ def annotate(
             finally:
                 writer.close()  # what finished is stored even when the run is interrupted
     if verify_with and not status:
-        result["verified"] = _verify(store, the_method, requests, verify_with, _api_config(verify_with, api),
-                                     max_new_tokens, batch_size)
+        result["verified"] = _verify(store, the_method, requests, load_backend(verify_with, api, batch_size),
+                                     max_new_tokens)
     summary = {"problems": len(problems), "requests": len(requests), "new": 0 if status else len(pending),
                **store.annotation_status(keys), **result}
     store.close()
     return summary
-
-
-def _api_config(model: str, api: dict[str, Any] | None) -> APIConfig | None:
-    """The backend settings for an `openai:MODEL` name; None for other models."""
-    if not model.startswith(API_PREFIX):
-        return None
-    known = {f.name for f in dataclass_fields(APIConfig)} - {"model"}
-    unknown = set(api or {}) - known
-    if unknown:
-        raise CotdistillError(f"unknown API option(s) {', '.join(sorted(unknown))} (known: {', '.join(sorted(known))})")
-    return APIConfig(model=model[len(API_PREFIX):], **(api or {}))
 
 
 class _Writer:
@@ -234,31 +223,24 @@ def _prompt_text(messages: Messages) -> str:
     return "\n\n".join(f"[{m['role']}] {m['content']}" for m in messages)
 
 
-def _verify(store: Store, method: Any, requests: Sequence[Request], solver: str, config: APIConfig | None,
-            max_new_tokens: int, batch_size: int) -> int:
+def _verify(store: Store, method: Any, requests: Sequence[Request], solver: Any, max_new_tokens: int) -> int:
     """Divide-or-Conquer's rejection filter: a solver answers each kept, unverified
     decomposition; it stays kept only if the solver reaches the gold answer, and the
     solver's solution is stored for training a solver student; its tokens and cost join the
     row's. Resumable: verified rows carry `verified_by`."""
     by_key = {r.key: r for r in requests}
-    todo = [a for a in store.annotations_by_key(list(by_key)) if a.kept and a.parsed.get("verified_by") != solver]
+    todo = [a for a in store.annotations_by_key(list(by_key)) if a.kept and a.parsed.get("verified_by") != solver.name]
     if not todo:
         return 0
     jobs = [method.solver_messages(by_key[a.key].problem, a.parsed["subquestions"]) for a in todo]
-    if config is not None:
-        replies: dict[int, Completion] = {}
-        OpenAITeacher(config).run([(m, 0) for m in jobs], max_new_tokens, 0.0, method.stop, Budget(config),
-                                  replies.__setitem__)
-        completions = [replies.get(i) for i in range(len(jobs))]
-    else:
-        completions = list(LocalModel(solver, batch_size=batch_size).generate(jobs, max_new_tokens, 0.0, method.stop))
     updates = []
-    for annotation, completion in zip(todo, completions):
-        if completion is None:
+    for annotation, completion in zip(todo, solver.generate(jobs, max_new_tokens, 0.0, method.stop, 0)):
+        if completion.finish_reason == "error":
             continue  # the solver request failed: stays unverified for the next run
         check = check_answer(completion.text, by_key[annotation.key].problem, {})
-        fields = {**annotation.parsed, "verified_by": solver, "solution": completion.text if check.kept else None}
-        reason = "ok" if check.kept else f"solver {solver} missed the gold answer with it ({check.reason})"
+        fields = {**annotation.parsed, "verified_by": solver.name,
+                  "solution": completion.text if check.kept else None}
+        reason = "ok" if check.kept else f"solver {solver.name} missed the gold answer with it ({check.reason})"
         updates.append((annotation.key, fields, check.kept, reason, completion))
     store.update_annotations(updates)
     return len(updates)

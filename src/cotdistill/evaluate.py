@@ -15,9 +15,7 @@ from typing import Any
 
 from cotdistill.answers import extract_flexible, is_correct
 from cotdistill.methods import get_method
-from cotdistill.models import LocalModel
-from cotdistill.models.openai_api import PREFIX as API_PREFIX
-from cotdistill.models.openai_api import APIConfig, APIModel
+from cotdistill.models.openai_api import load_backend
 from cotdistill.pipeline import Settings, Trace, check_pipeline, run_pipeline, vote
 from cotdistill.store import Prediction, Store
 from cotdistill.tasks import Problem, get_task
@@ -80,7 +78,7 @@ def evaluate(
         backends: dict[str, Any] = {}  # one backend per distinct model, shared by the stages that use it
         for stage, path in paths.items():
             if path not in backends:
-                backends[path] = _backend(path, api, batch_size)
+                backends[path] = load_backend(path, api, batch_size)
         by_stage = {stage: backends[path] for stage, path in paths.items()}
         chunk = batch_size * 4
         for start in range(0, len(pending), chunk):
@@ -101,12 +99,6 @@ def _model_path(run_dir: str | Path, name: str) -> str:
     """A student of this run by name, or the name as given."""
     trained = student_dir(run_dir, name)
     return str(trained) if trained.is_dir() else name
-
-
-def _backend(name: str, api: dict[str, Any] | None, batch_size: int) -> Any:
-    if name.startswith(API_PREFIX):
-        return APIModel(APIConfig(model=name[len(API_PREFIX):], **(api or {})))
-    return LocalModel(name, batch_size=batch_size)
 
 
 def _prediction(run: str, problem: Any, sample: int, trace: Trace) -> Prediction:

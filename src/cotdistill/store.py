@@ -208,12 +208,6 @@ class Store:
             query += " AND kept = 1"
         return [_annotation(r) for r in self.db.execute(query + " ORDER BY rowid", args)]
 
-    def rejection_reasons(self, method: str) -> dict[str, int]:
-        rows = self.db.execute(
-            "SELECT reason, COUNT(*) FROM annotations WHERE method = ? AND kept = 0 GROUP BY reason", (method,)
-        )
-        return {r[0]: r[1] for r in rows}
-
     # runs -------------------------------------------------------------------------------
     def start_run(self, name: str, kind: str, config: dict[str, Any]) -> None:
         """Record a run; an earlier run of the same name and settings is resumed, not duplicated."""

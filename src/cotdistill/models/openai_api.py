@@ -24,11 +24,11 @@ import os
 import random
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from typing import Any
 
 from cotdistill.errors import CotdistillError
-from cotdistill.models.local import Completion, Messages
+from cotdistill.models.local import Completion, LocalModel, Messages
 
 PREFIX = "openai:"
 
@@ -53,6 +53,25 @@ class APIConfig:
 
     def cost(self, prompt_tokens: int, completion_tokens: int) -> float:
         return (prompt_tokens * self.price_input + completion_tokens * self.price_output) / 1e6
+
+
+def api_config(model: str, options: dict[str, Any] | None) -> APIConfig | None:
+    """The backend settings for an `openai:MODEL` name (options: any APIConfig field but
+    `model`); None for other models."""
+    if not model.startswith(PREFIX):
+        return None
+    known = {f.name for f in fields(APIConfig)} - {"model"}
+    unknown = set(options or {}) - known
+    if unknown:
+        raise CotdistillError(f"unknown API option(s) {', '.join(sorted(unknown))} (known: {', '.join(sorted(known))})")
+    return APIConfig(model=model[len(PREFIX):], **(options or {}))
+
+
+def load_backend(model: str, options: dict[str, Any] | None = None, batch_size: int = 32) -> Any:
+    """A model that generates for a pipeline stage or a solver: `openai:MODEL` over HTTP,
+    anything else loaded locally."""
+    config = api_config(model, options)
+    return APIModel(config) if config is not None else LocalModel(model, batch_size=batch_size)
 
 
 class GiveUp(Exception):
