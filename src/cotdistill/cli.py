@@ -84,7 +84,7 @@ def annotate(
     from cotdistill.annotate import annotate as run
 
     api = None
-    if teacher.startswith("openai:"):
+    if any(name.startswith("openai:") for name in (teacher, verify_with or "")):  # teacher or verifying solver
         api = {"base_url": base_url, "api_key_env": api_key_env, "concurrency": concurrency,
                "requests_per_minute": rpm, "tokens_per_minute": tpm, "timeout": timeout, "max_retries": max_retries,
                "top_logprobs": top_logprobs, "price_input": price_input, "price_output": price_output,
@@ -144,7 +144,7 @@ def train(
 def evaluate(
     run_dir: RunDir = Path("runs/default"),
     model: Annotated[Optional[list[str]], typer.Option(help="MODEL for the single-stage pipeline, or STAGE=MODEL per stage (repeat): a student of this run by name, smollm2-135m, a directory, a hub id or openai:MODEL.")] = None,
-    pipeline: Annotated[str, typer.Option(help="single | decompose_solve (stages decomposer, solver) | socratic (stages qg, qa).")] = "single",
+    pipeline: Annotated[str, typer.Option(help="single | decompose_solve (stages decomposer, solver) | socratic (stages qg, qa) | kpdd (stages core, info, solution).")] = "single",
     task: TaskName = "arith",
     data: Data = None,
     split: Split = "test",
