@@ -53,7 +53,8 @@ def _package_dirs() -> tuple[str, ...]:
     dirs = [os.path.dirname(os.__file__) + os.sep]
     for name in ("sympy", "mpmath"):
         spec = importlib.util.find_spec(name)
-        dirs += [d + os.sep for d in (spec.submodule_search_locations or []) if spec] if spec else []
+        if spec is not None:
+            dirs += [d + os.sep for d in spec.submodule_search_locations or []]
     return tuple(dirs)
 
 
@@ -69,8 +70,7 @@ DENIED_ATTRIBUTES = {"sys", "os", "ctypes", "modules", "builtins", "f_globals", 
 DENIED_EVENTS = ("open", "os.", "socket.", "subprocess.", "ctypes.", "shutil.", "pty.", "fcntl.", "mmap.",
                  "resource.", "signal.", "sys.settrace", "sys.setprofile", "sys.addaudithook",
                  "function.__new__",
-                 "code.__new__", "urllib.", "http.", "ftplib.", "smtplib.", "webbrowser.", "glob.", "tempfile.",
-                 "import")
+                 "code.__new__", "urllib.", "http.", "ftplib.", "smtplib.", "webbrowser.", "glob.", "tempfile.")
 _BUILTIN_NAMES = (
     "abs all any ascii bin bool bytearray bytes callable chr complex dict divmod enumerate filter float format frozenset "
     "hash hex id int isinstance issubclass iter len list map max min next object oct ord pow print range repr "
@@ -124,19 +124,17 @@ def static_check(code: str) -> ast.Module:
 def _audit(event: str, args: tuple[Any, ...]) -> None:
     if not event.startswith(DENIED_EVENTS) or _importing_allowed(event, args):
         return
-    what = f"{event} {args[0]!r}" if event in ("import", "open", "os.listdir", "os.scandir") and args else event
+    what = f"{event} {args[0]!r}" if event in ("open", "os.listdir", "os.scandir") and args else event
     violations.append(what)
     raise Forbidden(f"{what} is not allowed")
 
 
 def _importing_allowed(event: str, args: tuple[Any, ...]) -> bool:
     """A lazy import by an allowed package (sympy imports much of the standard library):
-    the import itself, listing the import path's directories, and reading files under
-    PACKAGE_DIRS. Importing a module is harmless; what could do harm (files, sockets,
-    processes, ctypes) is an audited call, refused whoever imported the module. The program
-    itself can import only ALLOWED_IMPORTS (static check and `__import__`)."""
-    if event == "import":
-        return True
+    listing the import path's directories and reading files under PACKAGE_DIRS. The import
+    event itself is not refused: importing a module is harmless, and what could do harm
+    (files, sockets, processes, ctypes) is an audited call, refused whoever imported the
+    module. The program itself can import only ALLOWED_IMPORTS (static check, `__import__`)."""
     if not args or not isinstance(args[0], str):
         return False
     if event in ("os.listdir", "os.scandir"):
