@@ -16,16 +16,18 @@ CHAT_TEMPLATE = (
 )
 
 
-def build_tiny_model(directory: Path, texts: list[str], chat_template: bool = True) -> Path:
+def build_tiny_model(directory: Path, texts: list[str], chat_template: bool = True, vocab_size: int = 400,
+                     seq2seq: bool = False) -> Path:
+    """A 2-layer Llama (or, `seq2seq`, a 2+2-layer T5) with a BPE tokenizer trained on `texts`."""
     import torch
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast, T5Config, T5ForConditionalGeneration
 
     bpe = Tokenizer(models.BPE(unk_token="<unk>"))
     bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     bpe.decoder = decoders.ByteLevel()
     bpe.train_from_iterator(texts, trainers.BpeTrainer(
-        vocab_size=400, special_tokens=["<unk>", "<|im_start|>", "<|im_end|>"],
+        vocab_size=vocab_size, special_tokens=["<unk>", "<|im_start|>", "<|im_end|>"],
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False,
     ))
     tokenizer = PreTrainedTokenizerFast(tokenizer_object=bpe, unk_token="<unk>", eos_token="<|im_end|>",
@@ -33,6 +35,14 @@ def build_tiny_model(directory: Path, texts: list[str], chat_template: bool = Tr
     if chat_template:
         tokenizer.chat_template = CHAT_TEMPLATE
     torch.manual_seed(0)
+    if seq2seq:
+        model = T5ForConditionalGeneration(T5Config(
+            vocab_size=len(tokenizer), d_model=64, d_ff=128, d_kv=16, num_layers=2, num_heads=4,
+            eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
+            decoder_start_token_id=tokenizer.pad_token_id))
+        model.save_pretrained(directory)
+        tokenizer.save_pretrained(directory)
+        return directory
     config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
                          num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=1024,
                          tie_word_embeddings=True, initializer_range=0.3, eos_token_id=tokenizer.eos_token_id,
@@ -65,3 +75,15 @@ def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def tiny_base_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The same without a chat template: the plain Question/Answer prompt path."""
     return build_tiny_model(tmp_path_factory.mktemp("tiny-base-model"), _corpus(), chat_template=False)
+
+
+@pytest.fixture(scope="session")
+def tiny_t5(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A seq2seq student: 2+2-layer T5 with the same kind of tokenizer, no chat template."""
+    return build_tiny_model(tmp_path_factory.mktemp("tiny-t5"), _corpus(), chat_template=False, seq2seq=True)
+
+
+@pytest.fixture(scope="session")
+def other_tokenizer_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny model whose tokenizer differs from `tiny_model`'s (300 merges, not 400)."""
+    return build_tiny_model(tmp_path_factory.mktemp("other-tokenizer"), _corpus(), vocab_size=300)

@@ -9,8 +9,9 @@ from cotdistill.errors import CotdistillError
 from cotdistill.methods import Example, get_method
 from cotdistill.models import load_model, render_completion
 from cotdistill.tasks import get_task
-from cotdistill.train import SFTConfig, train
-from cotdistill.train.sft import CompletionCollator, make_trainer, tokenize_example
+from cotdistill.train import TrainConfig, train
+from cotdistill.train.data import Collator, tokenize_example
+from cotdistill.train.trainer import make_trainer
 
 COT = get_method("cot")
 
@@ -32,8 +33,8 @@ def test_completion_only_loss_equals_the_reference_loss(tiny_model):
     model, tokenizer = load_model(str(tiny_model))
     problems = get_task("arith").load(split="train", limit=6)
     examples = [Example("student", COT.student_messages(p), p.gold["cot"]) for p in problems]
-    trainer = make_trainer(model, tokenizer, SFTConfig(output_dir="/tmp/unused", lora=False), examples)
-    batch = CompletionCollator(tokenizer.pad_token_id)([trainer.train_dataset[i] for i in range(6)])
+    trainer = make_trainer(model, tokenizer, TrainConfig(output_dir="/tmp/unused", lora=False, report_to="none"), examples)
+    batch = Collator(tokenizer.pad_token_id)([trainer.train_dataset[i] for i in range(6)])
     with torch.no_grad():
         ours = trainer.compute_loss(model, batch)
         reference = model(**batch).loss
@@ -84,23 +85,43 @@ def test_unknown_training_argument_is_a_clear_error(tmp_path, tiny_model):
         train(tmp_path, student=str(tiny_model), learning_rat=1e-3)
 
 
-def test_resume_after_a_crash_gives_the_same_weights(tmp_path, tiny_model):
-    """A crash right after checkpoint-2 leaves exactly that checkpoint and an unfinished run;
-    rebuilding that state from an uninterrupted run and resuming must give its final weights."""
-    import shutil
+KILL_AFTER_CHECKPOINT_2 = """
+import os, signal, sys
+from transformers import TrainerCallback
+from cotdistill.train import train
+
+class Kill(TrainerCallback):
+    def on_save(self, args, state, control, **kwargs):
+        if state.global_step == 2:
+            os.kill(os.getpid(), signal.SIGKILL)
+
+train(sys.argv[1], callbacks=[Kill()], **{settings})
+"""
+
+
+@pytest.mark.parametrize("objective", ["sft", "mi"])
+def test_training_killed_after_a_checkpoint_resumes_to_the_uninterrupted_weights(tmp_path, tiny_model, objective):
+    """SIGKILL right after checkpoint-2, rerun: the final weights equal an uninterrupted run's
+    (mi also carries its learned critic across the kill)."""
+    import subprocess
+    import sys
 
     from safetensors.torch import load_file
 
-    settings = dict(student=str(tiny_model), lora=False, max_steps=4, save_steps=2, save_total_limit=None,
-                    learning_rate=3e-3, per_device_train_batch_size=4, disable_tqdm=True)
-    uninterrupted = tmp_path / "uninterrupted"
-    annotate(uninterrupted, "arith", limit=16)
+    method = "dss" if objective == "mi" else "cot"
+    settings = dict(student=str(tiny_model), method=method, objective=objective, lora=False, max_steps=4,
+                    save_steps=2, save_total_limit=None, learning_rate=3e-3, per_device_train_batch_size=4,
+                    report_to="none", disable_tqdm=True)
+    uninterrupted, crashed = tmp_path / "uninterrupted", tmp_path / "crashed"
+    for run in (uninterrupted, crashed):
+        annotate(run, "arith", limit=16, method=method)
     finished = train(uninterrupted, **settings)
 
-    crashed = tmp_path / "crashed"
-    annotate(crashed, "arith", limit=16)
-    checkpoint = crashed / "students" / "student" / "checkpoints" / "checkpoint-2"
-    shutil.copytree(finished / "checkpoints" / "checkpoint-2", checkpoint)
+    killed = subprocess.run([sys.executable, "-c", KILL_AFTER_CHECKPOINT_2.replace("{settings}", repr(settings)),
+                             str(crashed)], capture_output=True, text=True)
+    assert killed.returncode == -9, killed.stderr[-2000:]
+    checkpoints = crashed / "students" / "student" / "checkpoints"
+    assert sorted(p.name for p in checkpoints.glob("checkpoint-*")) == ["checkpoint-2"]
     resumed = train(crashed, **settings)
 
     assert json.loads((resumed / "cotdistill.json").read_text())["resumed_from"] == "checkpoint-2"

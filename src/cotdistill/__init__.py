@@ -15,7 +15,7 @@ _API = {
     "export": "cotdistill.export",
     "get_method": "cotdistill.methods",
     "train": "cotdistill.train",
-    "SFTConfig": "cotdistill.train",
+    "TrainConfig": "cotdistill.train",
     "evaluate": "cotdistill.evaluate",
     "report": "cotdistill.report",
     "run_recipe": "cotdistill.recipe",

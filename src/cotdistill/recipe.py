@@ -19,7 +19,7 @@ from cotdistill.annotate import annotate
 from cotdistill.errors import CotdistillError
 from cotdistill.evaluate import evaluate
 from cotdistill.report import report
-from cotdistill.train import SFTConfig, train
+from cotdistill.train import TrainConfig, train
 
 STEPS: dict[str, Callable[..., Any]] = {"annotate": annotate, "train": train, "eval": evaluate, "report": report}
 BUNDLED = Path(__file__).parent / "recipes"
@@ -49,7 +49,7 @@ def load_recipe(path: str | Path) -> dict[str, Any]:
 def _check_arguments(path: Path, index: int, verb: str, arguments: dict[str, Any]) -> None:
     accepted = set(inspect.signature(STEPS[verb]).parameters) - {"run_dir", "config"}
     if verb == "train":
-        accepted |= set(SFTConfig.__dataclass_fields__)
+        accepted |= set(TrainConfig.__dataclass_fields__)
     unknown = set(arguments) - accepted
     if unknown:
         raise CotdistillError(f"{path}: step {index} ({verb}): unknown argument(s) {', '.join(sorted(unknown))}")

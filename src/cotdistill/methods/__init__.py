@@ -28,8 +28,9 @@ def get_method(name: str, prompts: str | Path | None = None) -> Method:
 
 
 def stored_examples(store: Store, method: Method, roles: list[str], task: str | None = None,
-                    split: str | None = None) -> list[tuple[Annotation, Example]]:
-    """The training examples of the `roles` students, from the store's kept annotations."""
+                    split: str | None = None, **options: Any) -> list[tuple[Annotation, Example]]:
+    """The training examples of the `roles` students, from the store's kept annotations;
+    `options` go to the method's `training_examples` (e.g. dss `gold_label`)."""
     unknown = set(roles) - set(method.roles)
     if unknown:
         raise CotdistillError(f"method {method.name} has no role(s) {', '.join(sorted(unknown))} "
@@ -43,7 +44,7 @@ def stored_examples(store: Store, method: Method, roles: list[str], task: str | 
     for a in annotations:
         if (a.task, a.split) not in problems:
             problems[(a.task, a.split)] = {p.id: p for p in store.problems(a.task, a.split)}
-        for example in method.training_examples(problems[(a.task, a.split)][a.problem_id], a.parsed):
+        for example in method.training_examples(problems[(a.task, a.split)][a.problem_id], a.parsed, **options):
             if example.role in roles:
                 pairs.append((a, example))
     return pairs

@@ -77,9 +77,16 @@ def resolve_model(name: str) -> str:
     return name
 
 
+def _model_class(path: str) -> Any:
+    """Causal LM or, for encoder-decoder configs (T5, Flan-T5), seq2seq LM."""
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForSeq2SeqLM
+
+    return AutoModelForSeq2SeqLM if AutoConfig.from_pretrained(path).is_encoder_decoder else AutoModelForCausalLM
+
+
 def load_model(name: str, device: str | None = None, dtype: torch.dtype | None = None) -> tuple[Any, Any]:
     """(model, tokenizer). A LoRA checkpoint loads onto its base model, merged for fast inference."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoTokenizer
 
     path = resolve_model(name)
     device = device or default_device()
@@ -88,11 +95,11 @@ def load_model(name: str, device: str | None = None, dtype: torch.dtype | None =
     if adapter_config.is_file():
         from peft import PeftModel
 
-        base = json.loads(adapter_config.read_text())["base_model_name_or_path"]
-        model = AutoModelForCausalLM.from_pretrained(resolve_model(base), dtype=dtype)
+        base = resolve_model(json.loads(adapter_config.read_text())["base_model_name_or_path"])
+        model = _model_class(base).from_pretrained(base, dtype=dtype)
         model = PeftModel.from_pretrained(model, path).merge_and_unload()
     else:
-        model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype)
+        model = _model_class(path).from_pretrained(path, dtype=dtype)
     tokenizer = AutoTokenizer.from_pretrained(path)
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
@@ -126,11 +133,13 @@ def render_completion(tokenizer: Any, messages: Messages, completion: str) -> st
 
 
 class LocalModel:
-    """A loaded causal LM that turns chat requests into completions, batch by batch."""
+    """A loaded causal or seq2seq LM that turns chat requests into completions, batch by batch."""
 
-    def __init__(self, name: str, device: str | None = None, dtype: torch.dtype | None = None, batch_size: int = 32):
+    def __init__(self, name: str, device: str | None = None, dtype: torch.dtype | None = None, batch_size: int = 32,
+                 loaded: tuple[Any, Any] | None = None):
+        """`loaded`: an already loaded (model, tokenizer), e.g. a student in training."""
         self.name = name
-        self.model, self.tokenizer = load_model(name, device, dtype)
+        self.model, self.tokenizer = loaded or load_model(name, device, dtype)
         self.model.eval()
         self.batch_size = batch_size
 
@@ -167,6 +176,8 @@ class LocalModel:
         """Decode one left-padded batch, dropping each row from the batch and its KV cache as it
         finishes. transformers' `generate` computes every row until the longest is done; with
         completions of very different lengths (typical of reasoning) that is the wasted work."""
+        if self.model.config.is_encoder_decoder:
+            return self._generate_seq2seq(batch, max_new_tokens, temperature, stop, seed)
         started = time.perf_counter()
         pad = self.tokenizer.pad_token_id
         width = max(len(ids) for ids in batch)
@@ -203,6 +214,36 @@ class LocalModel:
             mask = torch.cat([mask, mask.new_ones(len(active), 1)], dim=1)
             output = self.model(input_ids=tokens[:, None], attention_mask=mask, position_ids=mask.sum(-1, keepdim=True) - 1,
                                 past_key_values=output.past_key_values, use_cache=True)
+        return self._completions(batch, generated, finish, stop, started)
+
+    def _generate_seq2seq(self, batch: list[list[int]], max_new_tokens: int, temperature: float,
+                          stop: Sequence[str], seed: int) -> list[Completion]:
+        """Encoder-decoder models decode with transformers' `generate` (the decoder input is
+        only the reply, so rows that finish early waste little)."""
+        started = time.perf_counter()
+        pad = self.tokenizer.pad_token_id
+        width = max(len(ids) for ids in batch)
+        input_ids = torch.tensor([ids + [pad] * (width - len(ids)) for ids in batch], device=self.device)
+        mask = torch.tensor([[1] * len(ids) + [0] * (width - len(ids)) for ids in batch], device=self.device)
+        torch.manual_seed(seed)
+        sampling = {"do_sample": True, "temperature": temperature} if temperature > 0 else {"do_sample": False}
+        output = self.model.generate(input_ids=input_ids, attention_mask=mask, max_new_tokens=max_new_tokens,
+                                     stop_strings=list(stop) or None, tokenizer=self.tokenizer, **sampling)
+        eos = _eos_ids(self.model, self.tokenizer)
+        generated, finish = [], []
+        for row in output[:, 1:].tolist():  # column 0 is the decoder start token
+            ids = []
+            for token in row:
+                if token in eos or token == pad:
+                    break
+                ids.append(token)
+            generated.append(ids)
+            text = self.tokenizer.decode(ids, skip_special_tokens=True)
+            finish.append("stop" if len(ids) < len(row) or any(s in text for s in stop) else "length")
+        return self._completions(batch, generated, finish, stop, started)
+
+    def _completions(self, batch: list[list[int]], generated: list[list[int]], finish: list[str],
+                     stop: Sequence[str], started: float) -> list[Completion]:
         seconds = (time.perf_counter() - started) / len(batch)
         completions = []
         for ids, tokens_out, reason in zip(batch, generated, finish):

@@ -1,6 +1,6 @@
-"""Student training: objectives on top of transformers' Trainer."""
+"""Student training: every objective on top of transformers' Trainer."""
 
-from cotdistill.train.sft_config import SFTConfig
+from cotdistill.train.config import TrainConfig
 from cotdistill.train.student import student_dir, train
 
-__all__ = ["SFTConfig", "student_dir", "train"]
+__all__ = ["TrainConfig", "student_dir", "train"]

@@ -1,26 +1,32 @@
-"""train: fine-tune a student on the kept annotations of one method.
+"""train: fine-tune a student on the kept annotations of one method, with one objective.
 
-Checkpoints go to `RUN_DIR/students/NAME/checkpoints`; a rerun resumes from the last one
-(transformers restores optimizer, scheduler, RNG and data order), and a finished student
-is not trained again. The final model (LoRA adapter or full weights) plus its tokenizer
-and a `cotdistill.json` of what produced it land in `RUN_DIR/students/NAME`.
+Checkpoints go to `RUN_DIR/students/NAME/checkpoints` (TensorBoard logs under its `runs/`);
+a rerun resumes from the last one (transformers restores weights, optimizer, scheduler, RNG
+and data position), and a finished student is not trained again. The final model (LoRA
+adapter or full weights; the best dev checkpoint's when a dev set is given) plus its
+tokenizer and a `cotdistill.json` of what produced it land in `RUN_DIR/students/NAME`.
 """
 
 from __future__ import annotations
 
 import json
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from transformers import EarlyStoppingCallback, TrainerCallback
 from transformers.trainer_utils import get_last_checkpoint
 
 from cotdistill.errors import CotdistillError
-from cotdistill.methods import get_method, stored_examples
-from cotdistill.models import load_model
-from cotdistill.store import Store
-from cotdistill.train.sft import make_trainer
-from cotdistill.train.sft_config import SFTConfig
+from cotdistill.methods import Method, get_method, stored_examples
+from cotdistill.models import LocalModel, load_model
+from cotdistill.store import Annotation, Store
+from cotdistill.tasks import Problem, get_task
+from cotdistill.train.config import TrainConfig
+from cotdistill.train.data import TokenMap, check_teacher_tokens
+from cotdistill.train.formats import format_examples
+from cotdistill.train.trainer import load_critic, make_trainer
 
 
 def student_dir(run_dir: str | Path, name: str) -> Path:
@@ -35,15 +41,15 @@ def train(
     task: str | None = None,
     split: str | None = "train",
     roles: list[str] | None = None,
+    callbacks: Sequence[TrainerCallback] = (),
     **config: Any,
 ) -> Path:
     """Train `student` on the store's kept `method` annotations; returns the student's directory.
 
     `roles` picks which of the method's students this is (e.g. socratic `qg`, `qa` or
     `unified`; decompose `decomposer` or `solver`); default: the method's `train_roles`.
-
-    `config` takes any `SFTConfig` / TrainingArguments field (lora, learning_rate,
-    num_train_epochs, max_steps, per_device_train_batch_size, ...).
+    `config` takes any `TrainConfig` field: the objective (sft, multitask, mi, kd) and its
+    weights, formats to mix, a dev set, LoRA, and every TrainingArguments field.
     """
     output = student_dir(run_dir, name)
     store = Store(run_dir)
@@ -57,27 +63,141 @@ def train(
     if previous and previous["status"] == "done" and (output / "cotdistill.json").is_file():
         store.close()
         return output
-    examples = [example for _, example in stored_examples(store, the_method, roles, task, split)]
     try:
-        args = SFTConfig(output_dir=str(output / "checkpoints"), **config)
-    except TypeError as error:
+        args = TrainConfig(output_dir=str(output / "checkpoints"), **config)
+    except (TypeError, ValueError) as error:
         raise CotdistillError(f"train: {error}") from None
-    store.start_run(run_name, "train", {**settings, "examples": len(examples)})
+    _check_objective(args, the_method, roles)
+    dev = _dev_problems(args)
+    options = {"gold_label": True} if args.gold_label else {}
+    pairs = stored_examples(store, the_method, roles, task, split, **options)
+    carved = {p.id for p in dev} if dev and args.dev_task == (task or pairs[0][0].task) and args.dev_split == split else set()
+    pairs = [(a, e) for a, e in pairs if a.problem_id not in carved]
+
     model, tokenizer = load_model(student)  # a LoRA student arrives merged, so new adapters never nest
-    trainer = make_trainer(model, tokenizer, args, examples)
+    _check_model_type(args, student, model)
+    teacher = _kd_teacher(args, tokenizer) if args.objective == "kd" and args.kd_teacher else None
+    items, logprobs, groups = _items(args, store, the_method, pairs, tokenizer, teacher)
+    evaluate_dev = _dev_evaluator(dev, the_method, tokenizer, args) if dev else None
+    store.start_run(run_name, "train", {**settings, "examples": len(items)})
+    trainer = make_trainer(model, tokenizer, args, items, logprobs, teacher, groups, evaluate_dev)
+    for callback in callbacks:
+        trainer.add_callback(callback)
+    if args.early_stopping_patience:
+        trainer.add_callback(EarlyStoppingCallback(args.early_stopping_patience))
     last = get_last_checkpoint(args.output_dir) if Path(args.output_dir).is_dir() else None
+    if trainer.critic is not None:
+        load_critic(trainer.critic, last)
     started = time.perf_counter()
     result = trainer.train(resume_from_checkpoint=last)
+    if not trainer.is_world_process_zero():
+        store.close()
+        return output
     trainer.model.save_pretrained(output)
     tokenizer.save_pretrained(output)
     losses = [entry["loss"] for entry in trainer.state.log_history if "loss" in entry]
     summary = {
-        "student": student, "method": method, "roles": roles, "examples": len(examples), "lora": args.lora,
-        "steps": trainer.state.global_step, "train_loss": result.training_loss,
+        "student": student, "method": method, "roles": roles, "objective": args.objective,
+        "examples": len(items), "lora": args.lora, "steps": trainer.state.global_step,
+        "train_loss": result.training_loss,
         "first_logged_loss": losses[0] if losses else None, "last_logged_loss": losses[-1] if losses else None,
         "seconds": time.perf_counter() - started, "resumed_from": Path(last).name if last else None,
     }
+    if dev:
+        summary.update(dev_problems=len(dev), best_dev_accuracy=trainer.state.best_metric,
+                       best_checkpoint=Path(trainer.state.best_model_checkpoint or "").name or None,
+                       dev_history=[{"step": e["step"], "accuracy": e["eval_accuracy"]}
+                                    for e in trainer.state.log_history if "eval_accuracy" in e])
     (output / "cotdistill.json").write_text(json.dumps(summary, indent=2))
     store.finish_run(run_name, summary)
     store.close()
     return output
+
+
+def _check_objective(args: TrainConfig, method: Method, roles: list[str]) -> None:
+    if args.objective in ("multitask", "mi") and set(roles) != {"label", "rationale"}:
+        raise CotdistillError(f"objective {args.objective} trains a label task and a rationale task together: "
+                              f"use --method dss (method {method.name} trains {', '.join(roles)})")
+    if args.format_list and (method.name != "cot" or args.objective in ("multitask", "mi")):
+        raise CotdistillError("--formats mixes model specialization's formats of CoT annotations: "
+                              "use --method cot with objective sft or kd")
+    if args.gold_label and method.name != "dss":
+        raise CotdistillError(f"--gold-label is a dss option (the label task's target); method {method.name} has none")
+
+
+def _check_model_type(args: TrainConfig, name: str, model: Any) -> None:
+    actual = "seq2seq" if model.config.is_encoder_decoder else "causal"
+    if args.model_type not in ("auto", actual):
+        example = "an encoder-decoder such as google/flan-t5-base" if args.model_type == "seq2seq" else \
+            "a decoder-only model such as HuggingFaceTB/SmolLM2-135M-Instruct"
+        raise CotdistillError(f"model_type={args.model_type} asks for a {args.model_type} student, but {name} is a "
+                              f"{actual} model ({type(model).__name__}): pick {example}, or set model_type=auto")
+
+
+def _kd_teacher(args: TrainConfig, tokenizer: Any) -> Any:
+    teacher, teacher_tokenizer = load_model(args.kd_teacher)
+    if teacher_tokenizer.get_vocab() != tokenizer.get_vocab():
+        raise CotdistillError(f"--kd-teacher {args.kd_teacher}: its tokenizer differs from the student's; white-box "
+                              "distribution matching compares the two models token by token, so it needs one "
+                              "tokenizer: pick a teacher of the student's family, or distil its text with --objective sft")
+    return teacher
+
+
+def _items(args: TrainConfig, store: Store, method: Method, pairs: list[tuple[Annotation, Any]], tokenizer: Any,
+           teacher: Any) -> tuple[list[Any], list[Any] | None, list[int] | None]:
+    """What the trainer learns from: examples, label/rationale pairs for multitask objectives,
+    or format-mixed examples; with stored teacher log-probs for black-box kd."""
+    if not pairs:
+        raise CotdistillError(f"{store.path}: no training examples left for method {method.name} "
+                              "(all kept annotations' problems are in the dev set?)")
+    groups = None
+    if args.objective in ("multitask", "mi"):
+        by_annotation: dict[str, dict[str, Any]] = {}
+        for annotation, example in pairs:
+            by_annotation.setdefault(annotation.key, {})[example.role] = example
+        items: list[Any] = [pair for pair in by_annotation.values() if len(pair) == 2]
+        annotations = None
+    elif args.format_list:
+        problems = {(t, p.id): p for t, split in {(a.task, a.split) for a, _ in pairs}
+                    for p in store.problems(t, split)}
+        mixed = format_examples([(problems[(a.task, a.problem_id)], e.completion) for a, e in pairs],
+                                args.format_list, args.demonstrations, args.seed)
+        groups = [group for group, _ in mixed]
+        items = [example for _, example in mixed]
+        annotations = [pairs[i // len(args.format_list)][0] for i in range(len(mixed))]
+    else:
+        items = [example for _, example in pairs]
+        annotations = [annotation for annotation, _ in pairs]
+    logprobs = None
+    if args.objective == "kd" and teacher is None:
+        logprobs = [a.logprobs for a in annotations]
+        check_teacher_tokens(TokenMap(tokenizer), logprobs, str(store.path))
+    return items, logprobs, groups
+
+
+def _dev_problems(args: TrainConfig) -> list[Problem]:
+    if not args.dev_task:
+        return []
+    problems = get_task(args.dev_task).load(args.dev_data, args.dev_split, args.dev_limit)
+    if not problems:
+        raise CotdistillError(f"dev task {args.dev_task} ({args.dev_split}) has no problems")
+    return problems
+
+
+def _dev_evaluator(problems: list[Problem], method: Method, tokenizer: Any, args: TrainConfig) -> Any:
+    """model -> {"accuracy", "no_answer"} on the dev problems, by the method's one-call pipeline."""
+    from cotdistill.answers import is_correct
+    from cotdistill.pipeline import Settings, check_pipeline, run_pipeline
+
+    check_pipeline("single", ["model"], method.name)
+
+    def evaluate(model: Any) -> dict[str, float]:
+        was_training = model.training
+        backend = LocalModel("student", loaded=(model, tokenizer), batch_size=args.per_device_eval_batch_size)
+        traces = run_pipeline("single", problems, {"model": backend}, method.name,
+                              Settings(max_new_tokens=args.dev_max_new_tokens))
+        model.train(was_training)
+        correct = sum(is_correct(t.answer, p.answer, p.kind) for t, p in zip(traces, problems))
+        return {"accuracy": correct / len(problems), "no_answer": sum(t.answer is None for t in traces) / len(problems)}
+
+    return evaluate

@@ -1,0 +1,138 @@
+"""Training throughput: cotdistill's trainer vs TRL's `SFTTrainer`, SFT of SmolLM2-135M.
+
+The same 256 GSM8K training problems with their gold CoT rationales (the `cot` method's
+prompt and target), full fine-tuning, the same batch size and max length, TRL's default
+optimiser settings for both (lr 2e-5, linear schedule, no warmup, 1 epoch), fp32 on CPU.
+TRL runs with its defaults otherwise (conversational prompt-completion data, completion-only
+loss, no packing, activation checkpointing on) and, to show where the difference comes
+from, once more with activation checkpointing off.
+
+Each trainer runs in its own process (so peak RSS is its own). Throughput is the real
+(non-pad) tokens of the training set divided by the wall time of `trainer.train()`. The
+final loss of every trained model is measured the same way afterwards: mean completion-
+token NLL over the 256 examples.
+
+Reproduce (needs `pip install -e '.[bench]'` and ../shared/data):
+
+    .venv/bin/python benchmarks/train_throughput.py --n 256
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+DATA = ROOT.parent / "shared" / "data" / "gsm8k" / "train.jsonl"
+COMMON = dict(learning_rate=2e-5, lr_scheduler_type="linear", warmup_steps=0, weight_decay=0.0, num_train_epochs=1,
+              logging_steps=4, save_strategy="no", report_to="none", seed=0, disable_tqdm=True)
+
+
+def examples(n: int, seed: int = 0) -> list:
+    from cotdistill.methods import Example, get_method
+    from cotdistill.tasks import get_task
+
+    problems = get_task("gsm8k").load(DATA, "train")
+    problems = random.Random(seed).sample(problems, n)
+    cot = get_method("cot")
+    return [Example("student", cot.student_messages(p), cot.gold_rationale(p)) for p in problems]
+
+
+def final_loss(model, tokenizer, items, max_length: int) -> float:
+    """Mean completion-token NLL of the trained model, the same code for every trainer."""
+    from cotdistill.train.data import Collator, tokenize_example
+    from cotdistill.train.objectives import targets
+
+    model.eval()
+    features = [tokenize_example(tokenizer, e.messages, e.completion, max_length) for e in items]
+    total = count = 0.0
+    with torch.no_grad():
+        for start in range(0, len(features), 16):
+            t = targets(model, Collator(tokenizer.pad_token_id)(features[start : start + 16]))
+            total += torch.nn.functional.cross_entropy(t.logits.reshape(-1, t.logits.shape[-1]), t.labels.reshape(-1),
+                                                       ignore_index=-100, reduction="sum").item()
+            count += int(t.mask.sum())
+    return total / count
+
+
+def run_one(which: str, n: int, batch_size: int, max_length: int, workdir: Path) -> dict:
+    from cotdistill.models import load_model
+    from cotdistill.train import TrainConfig
+    from cotdistill.train.data import tokenize_example
+    from cotdistill.train.trainer import make_trainer
+
+    items = examples(n)
+    model, tokenizer = load_model("smollm2-135m")
+    real_tokens = sum(len(tokenize_example(tokenizer, e.messages, e.completion, max_length)["input_ids"]) for e in items)
+    if which == "cotdistill":
+        config = TrainConfig(output_dir=str(workdir / which), lora=False, per_device_train_batch_size=batch_size,
+                             max_length=max_length, **COMMON)
+        trainer = make_trainer(model, tokenizer, config, items)
+    else:
+        from datasets import Dataset
+        from trl import SFTConfig, SFTTrainer
+
+        rows = [{"prompt": e.messages, "completion": [{"role": "assistant", "content": e.completion}]} for e in items]
+        config = SFTConfig(output_dir=str(workdir / which), per_device_train_batch_size=batch_size, max_length=max_length,
+                           bf16=False, activation_checkpointing=which == "trl", **COMMON)
+        trainer = SFTTrainer(model=model, args=config, train_dataset=Dataset.from_list(rows), processing_class=tokenizer)
+        trl_tokens = sum(len(r["input_ids"]) for r in trainer.train_dataset)
+    started = time.perf_counter()
+    trainer.train()
+    seconds = time.perf_counter() - started
+    losses = [e["loss"] for e in trainer.state.log_history if "loss" in e]
+    result = {"trainer": which, "examples": n, "real_tokens": real_tokens, "seconds": seconds,
+              "tokens_per_second": real_tokens / seconds, "steps": trainer.state.global_step,
+              "last_logged_loss": losses[-1] if losses else None,
+              "final_loss": final_loss(trainer.model, tokenizer, items, max_length),
+              "peak_rss_gib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20}
+    if which != "cotdistill":
+        result["trl_tokens"] = trl_tokens
+    return result
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--n", type=int, default=256)
+    parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--max-length", type=int, default=512)
+    parser.add_argument("--trainers", default="cotdistill,trl,trl-no-checkpointing")
+    parser.add_argument("--one", help=argparse.SUPPRESS)  # internal: run one trainer in this process
+    args = parser.parse_args()
+    torch.set_num_threads(torch.get_num_threads())
+    if args.one:
+        with tempfile.TemporaryDirectory() as workdir:
+            print(json.dumps(run_one(args.one, args.n, args.batch_size, args.max_length, Path(workdir))))
+        return
+    results = []
+    for which in args.trainers.split(","):
+        output = subprocess.run([sys.executable, __file__, "--one", which, "--n", str(args.n), "--batch-size",
+                                 str(args.batch_size), "--max-length", str(args.max_length)],
+                                check=True, capture_output=True, text=True).stdout
+        results.append(json.loads(output.strip().splitlines()[-1]))
+        print(json.dumps(results[-1]), flush=True)
+    ours = results[0]
+    print(f"\nSFT of SmolLM2-135M (full, fp32), {args.n} GSM8K CoT examples, batch {args.batch_size}, "
+          f"max length {args.max_length}, {torch.get_num_threads()} threads")
+    print("| trainer | tokens/s | train s | final loss | last logged loss | peak RSS GiB | speed-up of cotdistill |")
+    print("| --- | --- | --- | --- | --- | --- | --- |")
+    for r in results:
+        last = "-" if r["last_logged_loss"] is None else f"{r['last_logged_loss']:.4f}"
+        print(f"| {r['trainer']} | {r['tokens_per_second']:.1f} | {r['seconds']:.1f} | {r['final_loss']:.4f} | "
+              f"{last} | {r['peak_rss_gib']:.2f} | "
+              f"{ours['tokens_per_second'] / r['tokens_per_second']:.2f}x |")
+    print(f"\nreproduce: .venv/bin/python benchmarks/train_throughput.py --n {args.n} --batch-size {args.batch_size} "
+          f"--max-length {args.max_length}")
+
+
+if __name__ == "__main__":
+    main()

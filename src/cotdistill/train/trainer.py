@@ -1,0 +1,175 @@
+"""DistillTrainer: transformers' Trainer with the objectives' losses, batches of one format,
+a learned MI critic trained beside the student, and checkpoints chosen by dev accuracy.
+
+Everything else (optimizer, schedule, checkpoints, resume, logging, `accelerate launch`
+with DDP / DeepSpeed / FSDP) is the Trainer's own; nothing here is distributed code.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch.utils.data import DataLoader
+from transformers import Trainer, TrainerCallback
+
+from cotdistill.methods import Example
+from cotdistill.train import objectives
+from cotdistill.train.config import TrainConfig
+from cotdistill.train.data import Collator, FormatBatchSampler, TokenMap, add_teacher_distribution, tokenize_example
+
+CRITIC_FILE = "mi_critic.pt"
+
+
+class DistillTrainer(Trainer):
+    def __init__(self, *args: Any, teacher: Any = None, critic: torch.nn.Module | None = None,
+                 groups: Sequence[int] | None = None, dev: Any = None, **kwargs: Any):
+        super().__init__(*args, **kwargs)
+        self.teacher, self.critic, self.groups, self.dev = teacher, critic, groups, dev
+        self.parts: dict[str, list[float]] = {}
+        # Only plain SFT normalises by the tokens of all accumulated batches; the others
+        # average per batch (per task), so the Trainer scales them for accumulation.
+        self.model_accepts_loss_kwargs = self.args.objective == "sft" and teacher is None
+        if critic is not None:
+            self.add_callback(_CriticCallback(critic))
+
+    def compute_loss(self, model: Any, inputs: dict[str, Any], return_outputs: bool = False,
+                     num_items_in_batch: torch.Tensor | int | None = None) -> Any:
+        args: TrainConfig = self.args
+        if args.objective in ("multitask", "mi"):
+            learned = args.objective == "mi" and args.mi_estimator == "learned"
+            label = objectives.targets(model, inputs["label"], hidden=learned)
+            rationale = objectives.targets(model, inputs["rationale"], hidden=learned)
+            parts = {"label_loss": objectives.nll(label), "rationale_loss": objectives.nll(rationale)}
+            loss = args.alpha * parts["label_loss"] + (1 - args.alpha) * parts["rationale_loss"]
+            if args.objective == "mi":
+                parts["mi_loss"] = (self.critic(objectives.pooled(label), objectives.pooled(rationale)) if learned
+                                    else objectives.soft_ce_mi(label, rationale))
+                loss = loss + args.beta * parts["mi_loss"]
+        elif args.objective == "kd":
+            t = objectives.targets(model, inputs)
+            parts = {"nll_loss": objectives.nll(t)}
+            if self.teacher is not None:
+                with torch.no_grad():
+                    teacher_logits = objectives.targets(self.teacher, inputs).logits
+                parts["kd_loss"] = objectives.kl_full(t, teacher_logits)
+            else:
+                parts["kd_loss"] = objectives.kl_top_k(t, inputs["kd_ids"], inputs["kd_logprobs"])
+            loss = (1 - args.kd_weight) * parts["nll_loss"] + args.kd_weight * parts["kd_loss"]
+        else:
+            loss = objectives.nll(objectives.targets(model, inputs), num_items_in_batch)
+            parts = {}
+            if num_items_in_batch is not None and args.average_tokens_across_devices:
+                loss = loss * self.accelerator.num_processes  # num_items counts every process's tokens
+        for name, value in parts.items():
+            self.parts.setdefault(name, []).append(float(value.detach()))
+        return (loss, None) if return_outputs else loss
+
+    def log(self, logs: dict[str, float], *args: Any, **kwargs: Any) -> None:
+        """Adds each objective's parts (label/rationale/mi/kd losses), averaged since the last log."""
+        if "loss" in logs:
+            logs.update({name: sum(v) / len(v) for name, v in self.parts.items() if v})
+            self.parts = {}
+        super().log(logs, *args, **kwargs)
+
+    def _get_train_sampler(self, train_dataset: Any = None) -> Any:
+        if self.args.train_sampling_strategy != "group_by_length":
+            return super()._get_train_sampler(train_dataset)
+        from transformers.trainer_pt_utils import LengthGroupedSampler
+
+        return LengthGroupedSampler(self.args.train_batch_size * self.args.gradient_accumulation_steps,
+                                    lengths=[f["length"] for f in self.train_dataset])
+
+    def get_train_dataloader(self) -> DataLoader:
+        if self.groups is None:
+            return super().get_train_dataloader()
+        sampler = FormatBatchSampler(self.groups, [f["length"] for f in self.train_dataset],
+                                     self.args.per_device_train_batch_size, self.args.seed)
+        loader = DataLoader(self.train_dataset, batch_sampler=sampler, collate_fn=self.data_collator,
+                            num_workers=self.args.dataloader_num_workers, pin_memory=self.args.dataloader_pin_memory)
+        return self.accelerator.prepare(loader)
+
+    def create_optimizer(self, model: Any = None) -> torch.optim.Optimizer:
+        optimizer = super().create_optimizer(model)
+        if self.critic is not None and not any(p is self.critic.label.weight for g in optimizer.param_groups
+                                               for p in g["params"]):
+            optimizer.add_param_group({"params": list(self.critic.parameters()), "weight_decay": 0.0})
+        return optimizer
+
+    def evaluate(self, *args: Any, **kwargs: Any) -> dict[str, float]:
+        """Dev accuracy of the current weights, by generation with the method's single-stage
+        pipeline; the Trainer keeps the best checkpoint and early-stops on it."""
+        if self.dev is None:
+            return super().evaluate(*args, **kwargs)
+        metrics = {f"eval_{k}": v for k, v in self.dev(self.accelerator.unwrap_model(self.model)).items()}
+        self.log(metrics)
+        self.control = self.callback_handler.on_evaluate(self.args, self.state, self.control, metrics)
+        return metrics
+
+
+class _CriticCallback(TrainerCallback):
+    """The Trainer zeroes only the model's gradients after a step, so the MI critic's are
+    zeroed here; its weights go into each checkpoint (its optimizer state already does), so
+    a resumed run continues it."""
+
+    def __init__(self, critic: torch.nn.Module):
+        self.critic = critic
+
+    def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        self.critic.zero_grad(set_to_none=True)
+
+    def on_save(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        if state.is_world_process_zero:
+            torch.save(self.critic.state_dict(), Path(args.output_dir) / f"checkpoint-{state.global_step}" / CRITIC_FILE)
+
+
+def load_critic(critic: torch.nn.Module, checkpoint: str | None) -> None:
+    if checkpoint and (Path(checkpoint) / CRITIC_FILE).is_file():
+        critic.load_state_dict(torch.load(Path(checkpoint) / CRITIC_FILE, weights_only=True))
+
+
+Item = Example | Mapping[str, Example]
+
+
+def make_trainer(model: Any, tokenizer: Any, config: TrainConfig, items: Sequence[Item],
+                 teacher_logprobs: Sequence[list[Any] | None] | None = None, teacher: Any = None,
+                 groups: Sequence[int] | None = None, dev: Any = None) -> DistillTrainer:
+    """A trainer over `items`: examples, or {"label": ..., "rationale": ...} pairs for the
+    multitask objectives. `teacher_logprobs` (parallel to items) are stored top-k for kd;
+    `teacher` a white-box kd teacher; `groups` a format index per item (one format per batch);
+    `dev` a callable model -> metrics with "accuracy"."""
+    seq2seq = bool(model.config.is_encoder_decoder)
+    if config.lora:
+        from peft import LoraConfig, get_peft_model
+
+        model = get_peft_model(model, LoraConfig(
+            task_type="SEQ_2_SEQ_LM" if seq2seq else "CAUSAL_LM", r=config.lora_r, lora_alpha=config.lora_alpha,
+            lora_dropout=config.lora_dropout, target_modules=config.lora_target_modules,
+        ))
+
+    def tokenize(example: Example) -> dict[str, Any]:
+        return tokenize_example(tokenizer, example.messages, example.completion, config.max_length, seq2seq)
+
+    features: list[dict[str, Any]] = []
+    for item in items:
+        if isinstance(item, Example):
+            features.append(tokenize(item))
+        else:
+            pair = {task: tokenize(item[task]) for task in ("label", "rationale")}
+            features.append({**pair, "length": pair["label"]["length"] + pair["rationale"]["length"]})
+    if teacher_logprobs is not None:
+        token_map = TokenMap(tokenizer)
+        for feature, logprobs in zip(features, teacher_logprobs):
+            add_teacher_distribution(feature, token_map, logprobs)
+    critic = None
+    if config.objective == "mi" and config.mi_estimator == "learned":
+        with torch.random.fork_rng(devices=[]):  # seeded: a rerun starts from the same critic
+            torch.manual_seed(config.seed)
+            critic = objectives.InfoNCECritic(model.config.get_text_config().hidden_size).to(model.device)
+    if teacher is not None:
+        teacher.eval().requires_grad_(False)
+    return DistillTrainer(model=model, args=config, train_dataset=features, data_collator=Collator(tokenizer.pad_token_id),
+                          eval_dataset=[] if dev else None,  # evaluation generates on `dev`'s problems instead
+                          teacher=teacher, critic=critic, groups=groups, dev=dev)
