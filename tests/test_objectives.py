@@ -247,7 +247,7 @@ def test_dev_problems_from_the_training_split_are_carved_out(tmp_path, tiny_mode
     (dict(model_type="seq2seq"), "is a causal model"),
     (dict(objective="mixup"), "objective must be one of"),
     (dict(formats="zero-shot-cot,chatty"), "unknown format"),
-    (dict(gold_label=True), "dss option"),
+    (dict(gold_label=True), "method cot has neither"),
 ])
 def test_bad_training_settings_are_one_line_errors(tmp_path, tiny_model, arguments, message):
     annotate(tmp_path, "arith", limit=2)
@@ -261,3 +261,13 @@ def test_dss_trains_on_gold_or_teacher_labels(tmp_path, tiny_model):
     output = train(tmp_path, student=str(tiny_model), method="dss", objective="multitask", gold_label=True,
                    max_steps=1, **QUIET)
     assert json.loads((output / "cotdistill.json").read_text())["examples"] == 4  # pairs, one per annotation
+
+
+def test_decompose_solver_can_learn_the_gold_final_answer():
+    method = get_method("decompose")
+    problem = get_task("arith").load(split="train", limit=1)[0]
+    parsed = {"subquestions": ["How many?"], "solution": "First 2 + 2 = 4. The answer is 5."}
+    solver = {e.role: e for e in method.training_examples(problem, parsed, gold_label=True)}["solver"]
+    assert solver.completion == f"First 2 + 2 = 4. The answer is {problem.answer}."
+    teacher = {e.role: e for e in method.training_examples(problem, parsed)}["solver"]
+    assert teacher.completion.endswith("The answer is 5.")

@@ -14,7 +14,9 @@ from __future__ import annotations
 import re
 from typing import Any
 
-from cotdistill.methods.base import ANSWER_HINT, DEMO_QUESTIONS, Example, Method, Parsed, Prompts, gold_cot
+from cotdistill.methods.base import (
+    ANSWER_HINT, DEMO_QUESTIONS, Example, Method, Parsed, Prompts, answer_statement, gold_cot, without_answer,
+)
 from cotdistill.models import Messages
 from cotdistill.tasks import Problem
 
@@ -73,10 +75,14 @@ class Decompose(Method):
                                             answer_hint=ANSWER_HINT[problem.kind])
         return [{"role": "user", "content": content}]
 
-    def training_examples(self, problem: Problem, parsed: dict[str, Any]) -> list[Example]:
+    def training_examples(self, problem: Problem, parsed: dict[str, Any], gold_label: bool = False) -> list[Example]:
+        """`gold_label`: the solver's final answer replaced by the gold one (a Divide-or-Conquer
+        solver variant)."""
         subquestions = parsed["subquestions"]
         examples = [Example("decomposer", self.student_messages(problem), numbered(subquestions))]
         solution = parsed.get("solution") or gold_cot(problem)
+        if solution and gold_label:
+            solution = f"{without_answer(solution)} {answer_statement(problem.answer)}".strip()
         if solution:
             examples.append(Example("solver", self.solver_messages(problem, subquestions), solution))
         return examples

@@ -36,7 +36,8 @@ class TrainConfig(TrainingArguments):
     # the objective
     objective: str = field(default="sft", metadata={"help": "sft | multitask | mi | kd"})
     alpha: float = field(default=0.5, metadata={"help": "multitask/mi: L = alpha*L_label + (1-alpha)*L_rationale"})
-    gold_label: bool = field(default=False, metadata={"help": "dss: teach the dataset's label, not the teacher's"})
+    gold_label: bool = field(default=False, metadata={
+        "help": "dss label task / decompose solver: teach the dataset's answer, not the teacher's"})
     beta: float = field(default=0.1, metadata={"help": "mi: weight of the mutual-information term"})
     mi_estimator: str = field(default="learned", metadata={
         "help": "mi: learned (InfoNCE critic, a variational lower bound) or soft-ce (the public code's simplification)"})
