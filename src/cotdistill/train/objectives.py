@@ -1,7 +1,8 @@
 """The losses of every objective, on the logits of target tokens only.
 
 `targets()` runs the student and returns logits aligned with the tokens they predict, for
-causal and seq2seq models alike; each objective is a few lines on top:
+causal and seq2seq models alike; each objective (combined in `DistillTrainer.compute_loss`)
+is a few lines on top:
 
 - sft:       token NLL of the completion;
 - multitask: alpha * NLL(label task) + (1 - alpha) * NLL(rationale task) (DSS), each task
@@ -56,10 +57,6 @@ def nll(t: Targets, normalizer: torch.Tensor | int | None = None) -> torch.Tenso
     total = F.cross_entropy(t.logits.reshape(-1, t.logits.shape[-1]).float(), t.labels.reshape(-1),
                             ignore_index=-100, reduction="sum")
     return total / (normalizer if normalizer is not None else t.mask.sum().clamp(min=1))
-
-
-def multitask(label: Targets, rationale: Targets, alpha: float) -> torch.Tensor:
-    return alpha * nll(label) + (1 - alpha) * nll(rationale)
 
 
 def soft_ce_mi(label: Targets, rationale: Targets) -> torch.Tensor:

@@ -15,6 +15,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from accelerate import PartialState
 from transformers import EarlyStoppingCallback, TrainerCallback
 from transformers.trainer_utils import get_last_checkpoint
 
@@ -68,18 +69,20 @@ def train(
     except (TypeError, ValueError) as error:
         raise CotdistillError(f"train: {error}") from None
     _check_objective(args, the_method, roles)
-    dev = _dev_problems(args)
+    dev_task, dev = _dev_problems(args)
     options = {"gold_label": True} if args.gold_label else {}
     pairs = stored_examples(store, the_method, roles, task, split, **options)
-    carved = {p.id for p in dev} if dev and args.dev_task == (task or pairs[0][0].task) and args.dev_split == split else set()
-    pairs = [(a, e) for a, e in pairs if a.problem_id not in carved]
+    dev_ids = {(dev_task, args.dev_split, p.id) for p in dev}
+    pairs = [(a, e) for a, e in pairs if (a.task, a.split, a.problem_id) not in dev_ids]  # dev problems never train
 
     model, tokenizer = load_model(student)  # a LoRA student arrives merged, so new adapters never nest
     _check_model_type(args, student, model)
     teacher = _kd_teacher(args, tokenizer) if args.objective == "kd" and args.kd_teacher else None
     items, logprobs, groups = _items(args, store, the_method, pairs, tokenizer, teacher)
     evaluate_dev = _dev_evaluator(dev, the_method, tokenizer, args) if dev else None
-    store.start_run(run_name, "train", {**settings, "examples": len(items)})
+    main = PartialState().is_main_process  # under `accelerate launch`, one process keeps the records
+    if main:
+        store.start_run(run_name, "train", {**settings, "examples": len(items)})
     trainer = make_trainer(model, tokenizer, args, items, logprobs, teacher, groups, evaluate_dev)
     for callback in callbacks:
         trainer.add_callback(callback)
@@ -90,10 +93,10 @@ def train(
         load_critic(trainer.critic, last)
     started = time.perf_counter()
     result = trainer.train(resume_from_checkpoint=last)
-    if not trainer.is_world_process_zero():
+    trainer.save_model(str(output))  # every process takes part: ZeRO-3 / FSDP gather the weights here
+    if not main:
         store.close()
         return output
-    trainer.model.save_pretrained(output)
     tokenizer.save_pretrained(output)
     losses = [entry["loss"] for entry in trainer.state.log_history if "loss" in entry]
     summary = {
@@ -121,8 +124,9 @@ def _check_objective(args: TrainConfig, method: Method, roles: list[str]) -> Non
     if args.format_list and (method.name != "cot" or args.objective in ("multitask", "mi")):
         raise CotdistillError("--formats mixes model specialization's formats of CoT annotations: "
                               "use --method cot with objective sft or kd")
-    if args.gold_label and method.name != "dss":
-        raise CotdistillError(f"--gold-label is a dss option (the label task's target); method {method.name} has none")
+    if args.gold_label and method.name not in ("dss", "decompose"):
+        raise CotdistillError("--gold-label sets dss's label target or the decompose solver's final answer; "
+                              f"method {method.name} has neither")
 
 
 def _check_model_type(args: TrainConfig, name: str, model: Any) -> None:
@@ -175,13 +179,15 @@ def _items(args: TrainConfig, store: Store, method: Method, pairs: list[tuple[An
     return items, logprobs, groups
 
 
-def _dev_problems(args: TrainConfig) -> list[Problem]:
+def _dev_problems(args: TrainConfig) -> tuple[str | None, list[Problem]]:
+    """(task name, problems) of the dev set, if one is asked for."""
     if not args.dev_task:
-        return []
-    problems = get_task(args.dev_task).load(args.dev_data, args.dev_split, args.dev_limit)
+        return None, []
+    task = get_task(args.dev_task)
+    problems = task.load(args.dev_data, args.dev_split, args.dev_limit)
     if not problems:
         raise CotdistillError(f"dev task {args.dev_task} ({args.dev_split}) has no problems")
-    return problems
+    return task.name, problems
 
 
 def _dev_evaluator(problems: list[Problem], method: Method, tokenizer: Any, args: TrainConfig) -> Any:

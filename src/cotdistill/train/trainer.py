@@ -31,7 +31,7 @@ class DistillTrainer(Trainer):
         self.parts: dict[str, list[float]] = {}
         # Only plain SFT normalises by the tokens of all accumulated batches; the others
         # average per batch (per task), so the Trainer scales them for accumulation.
-        self.model_accepts_loss_kwargs = self.args.objective == "sft" and teacher is None
+        self.model_accepts_loss_kwargs = self.args.objective == "sft"
         if critic is not None:
             self.add_callback(_CriticCallback(critic))
 
