@@ -38,6 +38,9 @@ def test_help_lists_every_verb():
     (["eval", "--pipeline", "tree", "--limit", "1"], "unknown pipeline 'tree'"),
     (["eval", "--pipeline", "kpdd", "--model", "core=a", "--model", "info=a", "--model", "solution=a"], "pipeline kpdd runs method kpdd_cot"),
     (["train", "--student", "smollm2-135m"], "no kept cot annotations"),
+    (["train", "--objective", "multitask"], "use --method dss"),
+    (["train", "--objective", "mixup"], "objective must be one of sft, multitask, mi, kd"),
+    (["train", "--formats", "zero-shot-cot,chatty"], "unknown format(s) chatty"),
     (["run", "{tmp}/recipe.yaml"], "step 1 (eval): unknown argument(s) modle"),
 ])
 def test_bad_input_is_one_line_and_exit_code_2(tmp_path, args, message):

@@ -54,6 +54,7 @@ def test_training_lowers_the_loss_and_saves_a_loadable_student(tmp_path, tiny_mo
     assert (output / ("adapter_config.json" if lora else "model.safetensors")).is_file()
     model, _ = load_model(str(output))
     assert not hasattr(model, "peft_config")  # adapters are merged for inference
+    assert list((output / "checkpoints" / "runs").rglob("events.out.tfevents.*"))  # TensorBoard logs by default
 
 
 def test_finished_student_is_not_trained_again(tmp_path, tiny_model):

@@ -125,7 +125,21 @@ def train(
     max_length: int = 512,
     seed: int = 0,
     role: Annotated[Optional[list[str]], typer.Option(help="Which of the method's students to train (e.g. qg, qa, unified; see `cotdistill methods`).")] = None,
-    set_: Annotated[Optional[list[str]], typer.Option("--set", help="Any TrainingArguments field KEY=VALUE (YAML value).")] = None,
+    objective: Annotated[Optional[str], typer.Option(help="sft (default) | multitask (dss: label + rationale tasks) | mi (multitask + mutual information) | kd (distribution matching).")] = None,
+    alpha: Annotated[Optional[float], typer.Option(help="multitask/mi: L = alpha*L_label + (1-alpha)*L_rationale (default 0.5).")] = None,
+    gold_label: Annotated[bool, typer.Option("--gold-label", help="dss label task, decompose solver: teach the dataset's answer, not the teacher's.")] = False,
+    beta: Annotated[Optional[float], typer.Option(help="mi: weight of the MI term (default 0.1).")] = None,
+    mi_estimator: Annotated[Optional[str], typer.Option(help="mi: learned (InfoNCE critic, default) | soft-ce.")] = None,
+    kd_weight: Annotated[Optional[float], typer.Option(help="kd: L = w*KL + (1-w)*NLL (default 0.5).")] = None,
+    kd_teacher: Annotated[Optional[str], typer.Option(help="kd: a local teacher with the student's tokenizer (white-box); default: the stored top-k log-probs.")] = None,
+    formats: Annotated[Optional[str], typer.Option(help="cot: mix formats one per batch, e.g. zero-shot-cot,zero-shot-answer,few-shot-cot,few-shot-answer.")] = None,
+    dev_task: Annotated[Optional[str], typer.Option(help="Evaluate each checkpoint on this task and keep the best (problems shared with training are left out of training).")] = None,
+    dev_data: Annotated[Optional[Path], typer.Option(help="Local JSONL/JSON/CSV file of the dev task.")] = None,
+    dev_split: Annotated[Optional[str], typer.Option(help="Split of the dev task (default test).")] = None,
+    dev_limit: Annotated[Optional[int], typer.Option(help="Dev problems (default 100).")] = None,
+    early_stopping_patience: Annotated[Optional[int], typer.Option(help="With --dev-task: stop after N evaluations without improvement.")] = None,
+    report_to: Annotated[Optional[str], typer.Option(help="tensorboard (default), wandb, mlflow, none, ...")] = None,
+    set_: Annotated[Optional[list[str]], typer.Option("--set", help="Any TrainConfig/TrainingArguments field KEY=VALUE (YAML value).")] = None,
 ) -> None:
     """Fine-tune a student on the kept annotations of one method (resumes from its last checkpoint)."""
     import yaml
@@ -135,6 +149,11 @@ def train(
     config: dict[str, Any] = {"lora": lora, "num_train_epochs": epochs, "max_steps": max_steps,
                               "learning_rate": learning_rate or (1e-3 if lora else 5e-5),
                               "per_device_train_batch_size": batch_size, "max_length": max_length, "seed": seed}
+    chosen = dict(objective=objective, alpha=alpha, gold_label=gold_label or None, beta=beta, mi_estimator=mi_estimator,
+                  kd_weight=kd_weight, kd_teacher=kd_teacher, formats=formats, dev_task=dev_task,
+                  dev_data=str(dev_data) if dev_data else None, dev_split=dev_split, dev_limit=dev_limit,
+                  early_stopping_patience=early_stopping_patience, report_to=report_to)
+    config.update({k: v for k, v in chosen.items() if v is not None})  # only what was chosen: older runs still resume
     config.update({k: yaml.safe_load(v) for k, v in _pairs(set_, "--set").items()})
     output = run(run_dir, name=name, student=student, method=method, task=task, roles=role, **config)
     console.print(f"student saved in [bold]{output}[/bold]")
