@@ -15,6 +15,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import torch
 from accelerate import PartialState
 from transformers import EarlyStoppingCallback, TrainerCallback
 from transformers.trainer_utils import get_last_checkpoint
@@ -75,7 +76,10 @@ def train(
     dev_ids = {(dev_task, args.dev_split, p.id) for p in dev}
     pairs = [(a, e) for a, e in pairs if (a.task, a.split, a.problem_id) not in dev_ids]  # dev problems never train
 
-    model, tokenizer = load_model(student)  # a LoRA student arrives merged, so new adapters never nest
+    # Full fine-tuning keeps fp32 master weights (`bf16` autocasts the compute); a LoRA base is
+    # frozen, so it may sit in bf16. A LoRA student arrives merged, so new adapters never nest.
+    dtype = None if args.lora else torch.float32
+    model, tokenizer = load_model(student, device=str(args.device), dtype=dtype)
     _check_model_type(args, student, model)
     teacher = _kd_teacher(args, tokenizer) if args.objective == "kd" and args.kd_teacher else None
     items, logprobs, groups = _items(args, store, the_method, pairs, tokenizer, teacher)
@@ -139,7 +143,7 @@ def _check_model_type(args: TrainConfig, name: str, model: Any) -> None:
 
 
 def _kd_teacher(args: TrainConfig, tokenizer: Any) -> Any:
-    teacher, teacher_tokenizer = load_model(args.kd_teacher)
+    teacher, teacher_tokenizer = load_model(args.kd_teacher, device=str(args.device))
     if teacher_tokenizer.get_vocab() != tokenizer.get_vocab():
         raise CotdistillError(f"--kd-teacher {args.kd_teacher}: its tokenizer differs from the student's; white-box "
                               "distribution matching compares the two models token by token, so it needs one "

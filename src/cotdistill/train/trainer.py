@@ -167,7 +167,7 @@ def make_trainer(model: Any, tokenizer: Any, config: TrainConfig, items: Sequenc
     if config.objective == "mi" and config.mi_estimator == "learned":
         with torch.random.fork_rng(devices=[]):  # seeded: a rerun starts from the same critic
             torch.manual_seed(config.seed)
-            critic = objectives.InfoNCECritic(model.config.get_text_config().hidden_size).to(model.device)
+            critic = objectives.InfoNCECritic(model.config.get_text_config().hidden_size).to(config.device)
     if teacher is not None:
         teacher.eval().requires_grad_(False)
     return DistillTrainer(model=model, args=config, train_dataset=features, data_collator=Collator(tokenizer.pad_token_id),
