@@ -2,7 +2,8 @@
 
 The same 256 GSM8K training problems with their gold CoT rationales (the `cot` method's
 prompt and target), full fine-tuning, the same batch size and max length, TRL's default
-optimiser settings for both (lr 2e-5, linear schedule, no warmup, 1 epoch), fp32 on CPU.
+optimiser settings for both (lr 2e-5, linear schedule, no warmup, 1 epoch); fp32 weights,
+with bf16 autocast for both on a GPU that has it (fp32 compute on CPU).
 TRL runs with its defaults otherwise (conversational prompt-completion data, completion-only
 loss, no packing, activation checkpointing on) and, to show where the difference comes
 from, once more with activation checkpointing off.
@@ -33,15 +34,16 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT.parent / "shared" / "data" / "gsm8k" / "train.jsonl"
-COMMON = dict(learning_rate=2e-5, lr_scheduler_type="linear", warmup_steps=0, weight_decay=0.0, num_train_epochs=1,
+BF16 = torch.cuda.is_available() and torch.cuda.is_bf16_supported()
+COMMON = dict(bf16=BF16, learning_rate=2e-5, lr_scheduler_type="linear", warmup_steps=0, weight_decay=0.0, num_train_epochs=1,
               logging_steps=4, save_strategy="no", report_to="none", seed=0, disable_tqdm=True)
 
 
-def examples(n: int, seed: int = 0) -> list:
+def examples(n: int, data: Path, seed: int = 0) -> list:
     from cotdistill.methods import Example, get_method
     from cotdistill.tasks import get_task
 
-    problems = get_task("gsm8k").load(DATA, "train")
+    problems = get_task("gsm8k").load(data, "train")
     problems = random.Random(seed).sample(problems, n)
     cot = get_method("cot")
     return [Example("student", cot.student_messages(p), cot.gold_rationale(p)) for p in problems]
@@ -57,21 +59,22 @@ def final_loss(model, tokenizer, items, max_length: int) -> float:
     total = count = 0.0
     with torch.no_grad():
         for start in range(0, len(features), 16):
-            t = targets(model, Collator(tokenizer.pad_token_id)(features[start : start + 16]))
+            batch = Collator(tokenizer.pad_token_id)(features[start : start + 16])
+            t = targets(model, {k: v.to(model.device) for k, v in batch.items()})
             total += torch.nn.functional.cross_entropy(t.logits.reshape(-1, t.logits.shape[-1]), t.labels.reshape(-1),
                                                        ignore_index=-100, reduction="sum").item()
             count += int(t.mask.sum())
     return total / count
 
 
-def run_one(which: str, n: int, batch_size: int, max_length: int, workdir: Path) -> dict:
+def run_one(which: str, n: int, batch_size: int, max_length: int, data: Path, workdir: Path) -> dict:
     from cotdistill.models import load_model
     from cotdistill.train import TrainConfig
     from cotdistill.train.data import tokenize_example
     from cotdistill.train.trainer import make_trainer
 
-    items = examples(n)
-    model, tokenizer = load_model("smollm2-135m")
+    items = examples(n, data)
+    model, tokenizer = load_model("smollm2-135m", dtype=torch.float32)  # master weights; bf16 only autocasts
     real_tokens = sum(len(tokenize_example(tokenizer, e.messages, e.completion, max_length)["input_ids"]) for e in items)
     if which == "cotdistill":
         config = TrainConfig(output_dir=str(workdir / which), lora=False, per_device_train_batch_size=batch_size,
@@ -83,7 +86,7 @@ def run_one(which: str, n: int, batch_size: int, max_length: int, workdir: Path)
 
         rows = [{"prompt": e.messages, "completion": [{"role": "assistant", "content": e.completion}]} for e in items]
         config = SFTConfig(output_dir=str(workdir / which), per_device_train_batch_size=batch_size, max_length=max_length,
-                           bf16=False, activation_checkpointing=which == "trl", **COMMON)
+                           activation_checkpointing=which == "trl", **COMMON)
         trainer = SFTTrainer(model=model, args=config, train_dataset=Dataset.from_list(rows), processing_class=tokenizer)
         trl_tokens = sum(len(r["input_ids"]) for r in trainer.train_dataset)
     started = time.perf_counter()
@@ -94,7 +97,8 @@ def run_one(which: str, n: int, batch_size: int, max_length: int, workdir: Path)
               "tokens_per_second": real_tokens / seconds, "steps": trainer.state.global_step,
               "last_logged_loss": losses[-1] if losses else None,
               "final_loss": final_loss(trainer.model, tokenizer, items, max_length),
-              "peak_rss_gib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20}
+              "peak_rss_gib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20,
+              "peak_gpu_gib": torch.cuda.max_memory_allocated() / 2**30 if torch.cuda.is_available() else None}
     if which != "cotdistill":
         result["trl_tokens"] = trl_tokens
     return result
@@ -105,30 +109,32 @@ def main() -> None:
     parser.add_argument("--n", type=int, default=256)
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--max-length", type=int, default=512)
+    parser.add_argument("--data", type=Path, default=DATA, help="GSM8K train.jsonl")
     parser.add_argument("--trainers", default="cotdistill,trl,trl-no-checkpointing")
     parser.add_argument("--one", help=argparse.SUPPRESS)  # internal: run one trainer in this process
     args = parser.parse_args()
-    torch.set_num_threads(torch.get_num_threads())
     if args.one:
         with tempfile.TemporaryDirectory() as workdir:
-            print(json.dumps(run_one(args.one, args.n, args.batch_size, args.max_length, Path(workdir))))
+            print(json.dumps(run_one(args.one, args.n, args.batch_size, args.max_length, args.data, Path(workdir))))
         return
     results = []
     for which in args.trainers.split(","):
         output = subprocess.run([sys.executable, __file__, "--one", which, "--n", str(args.n), "--batch-size",
-                                 str(args.batch_size), "--max-length", str(args.max_length)],
+                                 str(args.batch_size), "--max-length", str(args.max_length), "--data", str(args.data)],
                                 check=True, capture_output=True, text=True).stdout
         results.append(json.loads(output.strip().splitlines()[-1]))
         print(json.dumps(results[-1]), flush=True)
     ours = results[0]
-    print(f"\nSFT of SmolLM2-135M (full, fp32), {args.n} GSM8K CoT examples, batch {args.batch_size}, "
-          f"max length {args.max_length}, {torch.get_num_threads()} threads")
-    print("| trainer | tokens/s | train s | final loss | last logged loss | peak RSS GiB | speed-up of cotdistill |")
+    where = f"{torch.cuda.get_device_name()}, bf16 autocast" if BF16 else f"CPU, fp32, {torch.get_num_threads()} threads"
+    print(f"\nSFT of SmolLM2-135M (full), {args.n} GSM8K CoT examples, batch {args.batch_size}, "
+          f"max length {args.max_length}, {where}")
+    memory = "peak GPU GiB" if BF16 else "peak RSS GiB"
+    print(f"| trainer | tokens/s | train s | final loss | last logged loss | {memory} | speed-up of cotdistill |")
     print("| --- | --- | --- | --- | --- | --- | --- |")
     for r in results:
         last = "-" if r["last_logged_loss"] is None else f"{r['last_logged_loss']:.4f}"
         print(f"| {r['trainer']} | {r['tokens_per_second']:.1f} | {r['seconds']:.1f} | {r['final_loss']:.4f} | "
-              f"{last} | {r['peak_rss_gib']:.2f} | "
+              f"{last} | {r['peak_gpu_gib'] if BF16 else r['peak_rss_gib']:.2f} | "
               f"{ours['tokens_per_second'] / r['tokens_per_second']:.2f}x |")
     print(f"\nreproduce: .venv/bin/python benchmarks/train_throughput.py --n {args.n} --batch-size {args.batch_size} "
           f"--max-length {args.max_length}")
