@@ -130,3 +130,47 @@ def test_training_killed_after_a_checkpoint_resumes_to_the_uninterrupted_weights
     assert expected.keys() == actual.keys()
     for name in expected:
         assert torch.allclose(expected[name], actual[name], atol=1e-6), name
+
+
+DDP_RUN = """
+import sys, torch
+from transformers import TrainerCallback
+from cotdistill.train import train
+
+class Dump(TrainerCallback):  # each process's own copy of what DDP must keep in sync
+    def on_train_end(self, args, state, control, model=None, optimizer=None, **kwargs):
+        critic = [p.detach().clone() for p in optimizer.param_groups[-1]["params"]]
+        weights = {k: v.detach().clone() for k, v in model.state_dict().items()}
+        torch.save({"critic": critic, "model": weights}, f"{sys.argv[1]}/rank{args.process_index}.pt")
+
+train(sys.argv[1], callbacks=[Dump()], **{settings})
+"""
+
+
+def test_two_process_ddp_shards_the_data_and_keeps_model_and_mi_critic_in_sync(tmp_path, tiny_model):
+    """`torchrun` (what `accelerate launch` runs) with 2 CPU processes on the gloo backend:
+    each process takes half of every epoch, and after training both hold the same student and
+    the same MI critic (which lives outside the model, so DDP alone would not average it)."""
+    import os
+    import subprocess
+    import sys
+
+    annotate(tmp_path, "arith", limit=16, method="dss")
+    settings = dict(student=str(tiny_model), method="dss", objective="mi", lora=False, num_train_epochs=1,
+                    per_device_train_batch_size=2, learning_rate=3e-3, save_strategy="no", report_to="none",
+                    disable_tqdm=True)
+    script = tmp_path / "ddp_run.py"
+    script.write_text(DDP_RUN.replace("{settings}", repr(settings)))
+    result = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+                             str(script), str(tmp_path)], capture_output=True, text=True, timeout=300,
+                            env={**os.environ, "ACCELERATE_USE_CPU": "true"})
+    assert result.returncode == 0, result.stderr[-3000:]
+
+    summary = json.loads((tmp_path / "students" / "student" / "cotdistill.json").read_text())
+    assert summary["examples"] == 16 and summary["steps"] == 4  # 16 pairs / (2 per process x 2 processes)
+    rank0, rank1 = (torch.load(tmp_path / f"rank{i}.pt") for i in (0, 1))
+    assert rank0["critic"]  # the optimizer group added for the critic
+    for a, b in zip(rank0["critic"], rank1["critic"]):
+        assert torch.equal(a, b)
+    for name in rank0["model"]:
+        assert torch.equal(rank0["model"][name], rank1["model"][name]), name

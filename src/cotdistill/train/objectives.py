@@ -41,7 +41,7 @@ def targets(model: Any, batch: dict[str, torch.Tensor], hidden: bool = False) ->
     batch's first completion position on: with a 49k vocabulary the output layer is a fifth
     of the model's compute and prompts are over half of each example."""
     labels = batch["labels"]
-    if model.config.is_encoder_decoder:
+    if getattr(model, "module", model).config.is_encoder_decoder:  # DDP and DeepSpeed wrap the model in .module
         out = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], labels=labels,
                     output_hidden_states=hidden)
         return Targets(out.logits, labels, 0, out.decoder_hidden_states[-1] if hidden else None)

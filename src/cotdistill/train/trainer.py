@@ -33,7 +33,7 @@ class DistillTrainer(Trainer):
         # average per batch (per task), so the Trainer scales them for accumulation.
         self.model_accepts_loss_kwargs = self.args.objective == "sft"
         if critic is not None:
-            self.add_callback(_CriticCallback(critic))
+            self.add_callback(_CriticCallback(critic, self.accelerator))
 
     def compute_loss(self, model: Any, inputs: dict[str, Any], return_outputs: bool = False,
                      num_items_in_batch: torch.Tensor | int | None = None) -> Any:
@@ -110,12 +110,19 @@ class DistillTrainer(Trainer):
 
 
 class _CriticCallback(TrainerCallback):
-    """The Trainer zeroes only the model's gradients after a step, so the MI critic's are
-    zeroed here; its weights go into each checkpoint (its optimizer state already does), so
-    a resumed run continues it."""
+    """The MI critic lives outside the model, so the Trainer neither averages its gradients
+    across processes (DDP does that for the model only; done here with Accelerate's reduce)
+    nor zeroes them after a step. Its weights go into each checkpoint (its optimizer state
+    already does), so a resumed run continues it."""
 
-    def __init__(self, critic: torch.nn.Module):
-        self.critic = critic
+    def __init__(self, critic: torch.nn.Module, accelerator: Any):
+        self.critic, self.accelerator = critic, accelerator
+
+    def on_pre_optimizer_step(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        if self.accelerator.num_processes > 1:
+            for p in self.critic.parameters():
+                if p.grad is not None:
+                    p.grad = self.accelerator.reduce(p.grad, reduction="mean")
 
     def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
         self.critic.zero_grad(set_to_none=True)
