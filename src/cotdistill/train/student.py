@@ -31,6 +31,9 @@ from cotdistill.train.formats import format_examples
 from cotdistill.train.trainer import load_critic, make_trainer
 
 
+ANSWERING_ROLES = {"student", "unified", "label", "rationale"}  # roles the single-stage pipeline scores
+
+
 def student_dir(run_dir: str | Path, name: str) -> Path:
     return Path(run_dir) / "students" / name
 
@@ -128,6 +131,11 @@ def _check_objective(args: TrainConfig, method: Method, roles: list[str]) -> Non
     if args.format_list and (method.name != "cot" or args.objective in ("multitask", "mi")):
         raise CotdistillError("--formats mixes model specialization's formats of CoT annotations: "
                               "use --method cot with objective sft or kd")
+    stage_roles = sorted(set(roles) - ANSWERING_ROLES)
+    if args.dev_task and stage_roles:
+        raise CotdistillError(f"--dev-task scores a student that answers on its own; {method.name} role(s) "
+                              f"{', '.join(stage_roles)} answer only beside another model: train without it and "
+                              "compare checkpoints with `cotdistill eval --pipeline ...`")
     if args.gold_label and method.name not in ("dss", "decompose"):
         raise CotdistillError("--gold-label sets dss's label target or the decompose solver's final answer; "
                               f"method {method.name} has neither")
