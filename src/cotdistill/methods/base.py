@@ -96,6 +96,7 @@ class Method:
     prompts: Prompts
     roles: tuple[str, ...] = ("student",)  # the students its examples can train
     train_roles: tuple[str, ...] = ("student",)  # the ones `train` uses by default
+    answering_roles: tuple[str, ...] = ("student",)  # the ones that answer on their own (what a dev set scores)
     stop: tuple[str, ...] = ("\nQuestion:",)  # base models without a chat template run on past their answer
     one_call: bool = True  # its student answers in one text reply that states the answer (what `eval` runs)
 

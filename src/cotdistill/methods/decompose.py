@@ -48,6 +48,7 @@ class Decompose(Method):
     one_call = False
     roles = ("decomposer", "solver")
     train_roles = ("decomposer",)
+    answering_roles = ()  # the decomposer and the solver answer only as a pipeline's two stages
 
     def gold_rationale(self, problem: Problem) -> str | None:
         steps = problem.gold.get("subquestions")

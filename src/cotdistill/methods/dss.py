@@ -24,6 +24,7 @@ class DSS(CoT):
     description = "distilling step-by-step: rationale + label, two prefixed tasks; label-only inference"
     roles = ("label", "rationale")
     train_roles = ("label", "rationale")
+    answering_roles = ("label", "rationale")  # one student: inference runs its label task
 
     def parse(self, text: str, problem: Problem) -> Parsed:
         parsed = super().parse(text, problem)

@@ -80,6 +80,7 @@ class Socratic(Method):
     prompts = PROMPTS
     roles = ("unified", "qg", "qa")
     train_roles = ("unified",)
+    answering_roles = ("unified",)  # qg and qa answer only in the question-answer loop
 
     def gold_rationale(self, problem: Problem) -> str | None:
         """GSM8K Socratic's `sub-question ** step` pairs, or arith's sub-questions."""

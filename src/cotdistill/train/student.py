@@ -31,9 +31,6 @@ from cotdistill.train.formats import format_examples
 from cotdistill.train.trainer import load_critic, make_trainer
 
 
-ANSWERING_ROLES = {"student", "unified", "label", "rationale"}  # roles the single-stage pipeline scores
-
-
 def student_dir(run_dir: str | Path, name: str) -> Path:
     return Path(run_dir) / "students" / name
 
@@ -131,7 +128,7 @@ def _check_objective(args: TrainConfig, method: Method, roles: list[str]) -> Non
     if args.format_list and (method.name != "cot" or args.objective in ("multitask", "mi")):
         raise CotdistillError("--formats mixes model specialization's formats of CoT annotations: "
                               "use --method cot with objective sft or kd")
-    stage_roles = sorted(set(roles) - ANSWERING_ROLES)
+    stage_roles = sorted(set(roles) - set(method.answering_roles))
     if args.dev_task and stage_roles:
         raise CotdistillError(f"--dev-task scores a student that answers on its own; {method.name} role(s) "
                               f"{', '.join(stage_roles)} answer only beside another model: train without it and "
@@ -205,9 +202,7 @@ def _dev_problems(args: TrainConfig) -> tuple[str | None, list[Problem]]:
 def _dev_evaluator(problems: list[Problem], method: Method, tokenizer: Any, args: TrainConfig) -> Any:
     """model -> {"accuracy", "no_answer"} on the dev problems, by the method's one-call pipeline."""
     from cotdistill.answers import is_correct
-    from cotdistill.pipeline import Settings, check_pipeline, run_pipeline
-
-    check_pipeline("single", ["model"], method.name)
+    from cotdistill.pipeline import Settings, run_pipeline
 
     def evaluate(model: Any) -> dict[str, float]:
         was_training = model.training
