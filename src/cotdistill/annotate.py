@@ -31,6 +31,7 @@ from cotdistill.methods.base import check_answer
 from cotdistill.models import Completion, LocalModel, Messages
 from cotdistill.models.openai_api import PREFIX as API_PREFIX
 from cotdistill.models.openai_api import Budget, OpenAITeacher, api_config, load_backend
+from cotdistill.sandbox import require_sandbox
 from cotdistill.store import Annotation, Store, request_key
 from cotdistill.tasks import Problem, get_task
 
@@ -65,6 +66,7 @@ def annotate(
     api: dict[str, Any] | None = None,
     verify_with: str | None = None,
     status: bool = False,
+    weak_sandbox: bool = False,
 ) -> dict[str, Any]:
     """Annotate `limit` problems with `samples` teacher replies each; returns counts and spend.
 
@@ -72,6 +74,7 @@ def annotate(
     concurrency, requests_per_minute, top_logprobs, prices, max_cost, max_tokens, ...).
     `verify_with` (decompose only) names a solver model that must reach the gold answer
     with a decomposition for it to be kept. `status` only reports done/pending/spend.
+    `weak_sandbox` lets a model's programs run where the kernel sandbox is incomplete.
     """
     if teacher == GOLD and samples != 1:
         raise CotdistillError("the gold teacher has one rationale per problem: use --samples 1")
@@ -82,6 +85,8 @@ def annotate(
     if api and not any(name.startswith(API_PREFIX) for name in (teacher, verify_with or "")):
         raise CotdistillError(f"API options ({', '.join(api)}) apply to openai:MODEL teachers, not {teacher!r}")
     config = api_config(teacher, api)
+    if the_method.runs_programs and not status:  # a sandbox that cannot run stops here, storing nothing
+        require_sandbox(model_written=teacher != GOLD, accept_weak=weak_sandbox)
     problems = the_task.load(data, split, limit)
     store = Store(run_dir)
     store.add_problems(the_task.name, split, problems)

@@ -31,6 +31,7 @@ Split = Annotated[str, typer.Option(help="Split name (hub datasets and arith).")
 Limit = Annotated[Optional[int], typer.Option(help="Use only the first N problems.")]
 Method = Annotated[str, typer.Option("--method", "-m", help="Reasoning format (see `cotdistill methods`).")]
 Fields = Annotated[Optional[list[str]], typer.Option("--field", help="Map a record field: question=COL (A+B joins), answer=COL, id=COL.")]
+WeakSandbox = Annotated[bool, typer.Option("--weak-sandbox", help="Run model-written programs (pot, kpdd_pot) even where the kernel sandbox (Landlock, seccomp) is incomplete, under the Python-level filters only.")]
 Options = Annotated[Optional[list[str]], typer.Option("--option", help="Task knob KEY=VALUE, e.g. steps=3 for arith, kind=yesno.")]
 
 
@@ -79,6 +80,7 @@ def annotate(
     max_tokens: Annotated[Optional[int], typer.Option(help="Hard cap on this job's prompt + completion tokens.")] = None,
     verify_with: Annotated[Optional[str], typer.Option(help="decompose: keep a decomposition only if this solver model reaches the gold answer with it.")] = None,
     status: Annotated[bool, typer.Option("--status", help="Only show done / pending / rejected counts and spend.")] = False,
+    weak_sandbox: WeakSandbox = False,
 ) -> None:
     """Have a teacher write rationales; keep those whose answer checks out."""
     from cotdistill.annotate import annotate as run
@@ -92,7 +94,7 @@ def annotate(
     _show(run(run_dir, task, data=data, split=split, limit=limit, method=method, teacher=teacher, samples=samples,
               temperature=temperature, max_new_tokens=max_new_tokens, seed=seed, batch_size=batch_size,
               fields=_pairs(field, "--field"), options=_pairs(option, "--option"), prompts=prompts, api=api,
-              verify_with=verify_with, status=status))
+              verify_with=verify_with, status=status, weak_sandbox=weak_sandbox))
 
 
 @app.command()
@@ -181,6 +183,7 @@ def evaluate(
     concurrency: Annotated[int, typer.Option(help="openai: models: requests in flight.")] = 16,
     price_input: Annotated[float, typer.Option(help="openai: models: USD per million prompt tokens.")] = 0.0,
     price_output: Annotated[float, typer.Option(help="openai: models: USD per million completion tokens.")] = 0.0,
+    weak_sandbox: WeakSandbox = False,
 ) -> None:
     """Evaluate a pipeline: accuracy (strict and flexible, 95% CI) and cost per stage (calls, tokens, time, FLOPs, USD)."""
     from cotdistill.evaluate import evaluate as run
@@ -195,7 +198,8 @@ def evaluate(
     _show(run(run_dir, model=single[0] if single else "smollm2-135m", models=stages or None, pipeline=pipeline,
               task=task, data=data, split=split, limit=limit, method=method, name=name, temperature=temperature,
               samples=samples, max_new_tokens=max_new_tokens, batch_size=batch_size, seed=seed,
-              fields=_pairs(field, "--field"), options=_pairs(option, "--option"), api=api if uses_api else None))
+              fields=_pairs(field, "--field"), options=_pairs(option, "--option"), api=api if uses_api else None,
+              weak_sandbox=weak_sandbox))
 
 
 @app.command()
@@ -285,9 +289,10 @@ def tasks() -> None:
 
 
 def main() -> None:
-    """Entry point: user errors become one line on stderr and exit code 2, never a traceback."""
+    """Entry point: errors become one line on stderr, never a traceback: exit code 2 for bad
+    input, 1 for an environment that cannot do the job (a sandbox that cannot run, say)."""
     try:
         app()  # typer reports its own usage errors (exit 2) and turns Ctrl-C into "Aborted!"
     except CotdistillError as error:
         print(f"error: {error}", file=sys.stderr)
-        sys.exit(2)
+        sys.exit(error.exit_code)

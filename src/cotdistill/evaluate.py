@@ -17,6 +17,7 @@ from cotdistill.answers import extract_flexible, is_correct
 from cotdistill.methods import get_method
 from cotdistill.models.openai_api import load_backend
 from cotdistill.pipeline import Settings, Trace, check_pipeline, run_pipeline, vote
+from cotdistill.sandbox import require_sandbox
 from cotdistill.store import Prediction, Store
 from cotdistill.tasks import Problem, get_task
 from cotdistill.train import student_dir
@@ -51,15 +52,19 @@ def evaluate(
     models: dict[str, str] | None = None,
     samples: int = 1,
     api: dict[str, Any] | None = None,
+    weak_sandbox: bool = False,
 ) -> dict[str, float]:
     """Evaluate a pipeline on a task: `model` for the single-stage pipeline, or `models`
     (stage -> model: a student of this run by name, an alias, a directory, a hub id or
     openai:MODEL). `samples` > 1 with temperature > 0 adds self-consistency voting.
-    `api` sets the OpenAI-compatible backend (APIConfig fields: base_url, prices, ...)."""
+    `api` sets the OpenAI-compatible backend (APIConfig fields: base_url, prices, ...).
+    `weak_sandbox` lets the model's programs run where the kernel sandbox is incomplete."""
     the_task = get_task(task, fields, options)
-    get_method(method)  # an unknown method fails here, before any data or model is loaded
+    the_method = get_method(method)  # an unknown method fails here, before any data or model is loaded
     stages = dict(models or {"model": model})
     check_pipeline(pipeline, list(stages), method)
+    if the_method.runs_programs:  # a sandbox that cannot run stops here, before the run is registered
+        require_sandbox(model_written=True, accept_weak=weak_sandbox)
     problems = the_task.load(data, split, limit)
     store = Store(run_dir)
     store.add_problems(the_task.name, split, problems)

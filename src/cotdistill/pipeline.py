@@ -101,7 +101,7 @@ def single(problems: Sequence[Problem], models: dict[str, Backend], method: Meth
     traces = [Trace("", None) for _ in problems]
     completions = _call("model", models["model"], [method.student_messages(p) for p in problems], traces, settings,
                         method.stop)
-    _finish(traces, problems, completions, programs=not method.one_call)
+    _finish(traces, problems, completions, programs=method.runs_programs)
     return traces
 
 
@@ -115,7 +115,7 @@ def kpdd(problems: Sequence[Problem], models: dict[str, Backend], method: Method
                                    traces, settings, method.stop)]
     requests = [method.solution_messages(p, core, info) for p, core, info in zip(problems, cores, infos)]  # type: ignore[attr-defined]
     _finish(traces, problems, _call("solution", models["solution"], requests, traces, settings, method.stop),
-            programs=method.name == "kpdd_pot")
+            programs=method.runs_programs)
     return traces
 
 

@@ -98,7 +98,7 @@ class Method:
     train_roles: tuple[str, ...] = ("student",)  # the ones `train` uses by default
     answering_roles: tuple[str, ...] = ("student",)  # the ones that answer on their own (what a dev set scores)
     stop: tuple[str, ...] = ("\nQuestion:",)  # base models without a chat template run on past their answer
-    one_call: bool = True  # its student answers in one text reply that states the answer (what `eval` runs)
+    runs_programs: bool = False  # its answer is what the reply's program computes, run in the sandbox
 
     def __init__(self, prompts: Prompts | None = None):
         if prompts is not None:

@@ -45,7 +45,6 @@ class Decompose(Method):
     name = "decompose"
     description = "divide-or-conquer: sub-questions only (decomposer), answered by a separate solver"
     prompts = PROMPTS
-    one_call = False
     roles = ("decomposer", "solver")
     train_roles = ("decomposer",)
     answering_roles = ()  # the decomposer and the solver answer only as a pipeline's two stages

@@ -144,7 +144,7 @@ class KPDDCoT(Method):
 
 class KPDDPoT(Method):
     name = "kpdd_pot"
-    one_call = False  # its answer comes from running the program
+    runs_programs = True
     description = "key-point-driven PoT: core question, problem-solving information, then a Python program"
     prompts = Prompts(
         instruction=_INSTRUCTION + " The solution is a Python program, in a ```python block, that stores "

@@ -99,7 +99,7 @@ class PoT(Method):
     name = "pot"
     description = "program of thought: a Python program computing `answer`, run in the sandbox"
     prompts = PROMPTS
-    one_call = False
+    runs_programs = True
 
     def gold_rationale(self, problem: Problem) -> str | None:
         if "program" in problem.gold:
