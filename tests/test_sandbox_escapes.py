@@ -17,6 +17,7 @@ from pathlib import Path
 
 import pytest
 
+from cotdistill.isolation import landlock_abi
 from cotdistill.sandbox import Limits, Sandbox, SandboxUnavailable
 from cotdistill.testing import StubServer
 
@@ -153,6 +154,8 @@ def _descendants(pid: int) -> list[int]:
 
 @pytest.mark.parametrize("python_filter", [True, False], ids=["python-filter", "kernel-alone"])
 def test_every_escape_is_contained_and_classified(world, python_filter):
+    if landlock_abi() == 0:  # a capable kernel that fails to build a layer still fails below
+        pytest.skip("this kernel has no Landlock: the kernel layers cannot be tested here")
     with Sandbox(2, Limits(seconds=3, memory_mb=256, output_bytes=10_000), python_filter=python_filter) as box:
         assert box.isolation.missing == (), box.isolation.describe()
         workers = {w.process.pid for w in box.workers}
