@@ -29,7 +29,7 @@ SOCRATIC = {**GSM8K, "answer": "How many clips did Natalia sell in May? ** Natal
 def gsm8k(tmp_path, record) -> Problem:
     path = tmp_path / "gsm8k.jsonl"
     path.write_text(json.dumps(record) + "\n")
-    return get_task("gsm8k").load(path)[0]
+    return get_task("gsm8k", options={"dev_size": "0"}).load(path)[0]
 
 
 @pytest.mark.parametrize("name", list(METHODS))

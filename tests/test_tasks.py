@@ -17,13 +17,16 @@ SOCRATIC_ROW = {
 }
 
 
+WHOLE = {"dev_size": "0"}  # one-row fixtures: no dev split carved out of them
+
+
 def write_jsonl(path, rows):
     path.write_text("".join(json.dumps(r) + "\n" for r in rows))
     return path
 
 
 def test_gsm8k_keeps_calculations_and_solution_steps(tmp_path):
-    problem = get_task("gsm8k").load(write_jsonl(tmp_path / "g.jsonl", [GSM8K_ROW]))[0]
+    problem = get_task("gsm8k", options=WHOLE).load(write_jsonl(tmp_path / "g.jsonl", [GSM8K_ROW]))[0]
     assert problem.answer == "72"
     assert problem.gold["calculations"] == [["48/2", "24"], ["48+24", "72"]]
     assert problem.gold["solution"] == ["Natalia sold 48/2 = 24 clips in May.", "Natalia sold 48+24 = 72 clips."]
@@ -31,7 +34,7 @@ def test_gsm8k_keeps_calculations_and_solution_steps(tmp_path):
 
 
 def test_gsm8k_socratic_file_gives_subquestion_pairs(tmp_path):
-    problem = get_task("gsm8k").load(write_jsonl(tmp_path / "s.jsonl", [SOCRATIC_ROW]))[0]
+    problem = get_task("gsm8k", options=WHOLE).load(write_jsonl(tmp_path / "s.jsonl", [SOCRATIC_ROW]))[0]
     assert problem.gold["subquestions"][0] == ["How many clips did Natalia sell in May?",
                                                "Natalia sold 48/2 = 24 clips in May."]
     assert problem.gold["solution"][1] == "Natalia sold 48+24 = 72 clips."
@@ -39,7 +42,7 @@ def test_gsm8k_socratic_file_gives_subquestion_pairs(tmp_path):
 
 def test_gsm8k_answer_with_thousands_separator(tmp_path):
     row = {"question": "How much?", "answer": "It costs 1,000 dollars.\n#### 1,000"}
-    assert get_task("gsm8k").load(write_jsonl(tmp_path / "g.jsonl", [row]))[0].answer == "1000"
+    assert get_task("gsm8k", options=WHOLE).load(write_jsonl(tmp_path / "g.jsonl", [row]))[0].answer == "1000"
 
 
 def test_svamp_joins_body_and_question(tmp_path):
@@ -69,7 +72,7 @@ def test_task_from_yaml(tmp_path):
 
 def test_limit_reads_only_the_first_problems(tmp_path):
     path = write_jsonl(tmp_path / "g.jsonl", [GSM8K_ROW] * 5)
-    assert len(get_task("gsm8k").load(path, limit=2)) == 2
+    assert len(get_task("gsm8k", options=WHOLE).load(path, limit=2)) == 2
 
 
 @pytest.mark.parametrize("content, message", [

@@ -25,7 +25,7 @@ app = typer.Typer(
 console = Console()
 
 RunDir = Annotated[Path, typer.Option("--run-dir", "-r", help="Run directory (store, students, reports).")]
-TaskName = Annotated[str, typer.Option("--task", "-t", help="gsm8k, svamp, arith, jsonl, csv, or a task .yaml file.")]
+TaskName = Annotated[str, typer.Option("--task", "-t", help="gsm8k (--split dev: its 500 held-out train problems), svamp, asdiv, multiarith, addsub, singleeq, aqua, strategyqa, commonsenseqa, arith, jsonl, csv, or a task .yaml file (see `cotdistill tasks`).")]
 Data = Annotated[Optional[Path], typer.Option("--data", "-d", help="Local JSONL/JSON/CSV file; without it, the task's Hugging Face dataset.")]
 Split = Annotated[str, typer.Option(help="Split name (hub datasets and arith).")]
 Limit = Annotated[Optional[int], typer.Option(help="Use only the first N problems.")]

@@ -1,4 +1,4 @@
-"""Read local JSONL / JSON / CSV files into (location, record) pairs.
+"""Read local JSONL / JSON / CSV / XML files into (location, record) pairs.
 
 Every record carries its location ("file:line") so that any later complaint about a field
 can name exactly where the user has to look.
@@ -28,8 +28,10 @@ def read_records(path: str | Path) -> Iterator[tuple[str, Record]]:
         yield from _read_json(path)
     elif suffix in (".csv", ".tsv"):
         yield from _read_csv(path, delimiter="\t" if suffix == ".tsv" else ",")
+    elif suffix == ".xml":
+        yield from _read_xml(path)
     else:
-        raise CotdistillError(f"{path}: unknown file type {suffix!r} (use .jsonl, .json, .csv or .tsv)")
+        raise CotdistillError(f"{path}: unknown file type {suffix!r} (use .jsonl, .json, .csv, .tsv or .xml)")
 
 
 def _read_jsonl(path: Path) -> Iterator[tuple[str, Record]]:
@@ -50,9 +52,13 @@ def _read_json(path: Path) -> Iterator[tuple[str, Record]]:
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
     except json.JSONDecodeError as error:
+        if error.msg == "Extra data":  # JSON lines under a .json name (AQuA's dev.json)
+            yield from _read_jsonl(path)
+            return
         raise CotdistillError(f"{path}:{error.lineno}: malformed JSON ({error.msg})") from None
-    if isinstance(data, dict) and isinstance(data.get("data"), list):
-        data = data["data"]
+    for key in ("data", "examples"):  # {"examples": [...]} is BIG-bench's task format
+        if isinstance(data, dict) and isinstance(data.get(key), list):
+            data = data[key]
     if not isinstance(data, list):
         raise CotdistillError(f"{path}: expected a JSON list of objects (or {{\"data\": [...]}})")
     for index, record in enumerate(data):
@@ -66,3 +72,22 @@ def _read_csv(path: Path, delimiter: str) -> Iterator[tuple[str, Record]]:
         reader = csv.DictReader(handle, delimiter=delimiter)
         for record in reader:
             yield f"{path}:{reader.line_num}", record
+
+
+def _read_xml(path: Path) -> Iterator[tuple[str, Record]]:
+    """Each element whose children are all text fields is a record: its attributes and
+    its children's text by tag (ASDiv's `<Problem ID=...><Body>...</Body>...</Problem>`)."""
+    from xml.etree import ElementTree
+
+    try:
+        root = ElementTree.parse(path).getroot()
+    except ElementTree.ParseError as error:
+        raise CotdistillError(f"{path}:{error.position[0]}: malformed XML ({error.msg})") from None
+    index = 0
+    for element in root.iter():
+        children = list(element)
+        if children and all(len(child) == 0 for child in children):
+            record: Record = dict(element.attrib)
+            record.update({child.tag: (child.text or "").strip() for child in children})
+            yield f"{path}: <{element.tag}> {record.get('ID', index)}", record
+            index += 1

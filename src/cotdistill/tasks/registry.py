@@ -9,8 +9,10 @@ GSM8K's structured gold reasoning, and generating the synthetic `arith` problems
 from __future__ import annotations
 
 import dataclasses
+import random
 import re
 from collections.abc import Callable, Iterable
+from itertools import islice
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -41,30 +43,48 @@ class DatasetTask:
     name: str
     description: str
     question: tuple[str, ...] = ("question",)  # fields joined with a space, e.g. SVAMP's Body + Question
-    answer: str = "answer"
+    answer: str = "answer"  # a field; dotted paths reach into lists and objects: lSolutions.0, question.stem
     kind: AnswerKind = "number"
     answer_pattern: str | None = None  # regex whose group 1 is the gold answer inside the field
     id_field: str | None = None
     hf_path: str | None = None
     hf_config: str | None = None
+    choices: str | None = None  # options appended to the question: ["A)32400", ...] or [{"label", "text"}, ...]
+    dev_size: int = 0  # problems carved out of `train` (seeded) into split `dev`, never trained on
+    dev_seed: int = 0
     gold_fields: Callable[[Record], dict[str, Any]] | None = field(default=None, compare=False)
 
     def load(self, data: str | Path | None = None, split: str = "train", limit: int | None = None) -> list[Problem]:
-        rows = read_records(data) if data is not None else self._hub_records(split)
-        problems = []
-        for index, (where, record) in enumerate(rows):
-            if limit is not None and index >= limit:
-                break
-            problems.append(self._to_problem(where, index, record))
-        return problems
+        """`split` names the hub split; a local file is one split, except that with
+        `dev_size` its `train` leaves out, and its `dev` is, the seeded dev problems."""
+        carve = self.dev_size > 0 and split in ("train", "dev")
+        rows = read_records(data) if data is not None else self._hub_records("train" if carve else split)
+        if not carve:
+            return [self._to_problem(where, index, record) for index, (where, record) in islice(enumerate(rows), limit)]
+        every = [self._to_problem(where, index, record) for index, (where, record) in enumerate(rows)]
+        if self.dev_size >= len(every):
+            raise CotdistillError(f"task {self.name} keeps {self.dev_size} seeded training problems for its dev split, "
+                                  f"and {data or 'the data'} has {len(every)}: pass --option dev_size=N (0: none)")
+        dev = set(random.Random(self.dev_seed).sample(range(len(every)), self.dev_size))
+        chosen = [p for index, p in enumerate(every) if (index in dev) == (split == "dev")]  # ids keep file numbering
+        return chosen[:limit]
 
     def _to_problem(self, where: str, index: int, record: Record) -> Problem:
         def need(name: str) -> Any:
-            if name not in record or record[name] is None:
-                raise CotdistillError(f"{where}: no field {name!r} for task {self.name} (fields: {', '.join(record)})")
-            return record[name]
+            value: Any = record
+            for part in name.split("."):
+                if isinstance(value, list) and part.isdigit() and int(part) < len(value):
+                    value = value[int(part)]
+                elif isinstance(value, dict) and value.get(part) is not None:
+                    value = value[part]
+                else:
+                    raise CotdistillError(f"{where}: no field {name!r} for task {self.name} "
+                                          f"(fields: {', '.join(record)})")
+            return value
 
         question = " ".join(str(need(name)).strip() for name in self.question)
+        if self.choices:
+            question += "\nAnswer Choices: " + _choices(need(self.choices), where)
         raw_answer = str(need(self.answer))
         answer = raw_answer
         if self.answer_pattern:
@@ -112,6 +132,30 @@ class ArithTask:
             raise CotdistillError(str(error)) from None
 
 
+def _choices(options: Any, where: str) -> str:
+    """Options as `(A) 32400 (B) 6000 ...`, from AQuA's "A)32400" strings or CommonsenseQA's
+    {"label", "text"} objects."""
+    if not isinstance(options, list) or not options:
+        raise CotdistillError(f"{where}: the choices field is not a list of options")
+    parts = []
+    for option in options:
+        if isinstance(option, dict) and "label" in option and "text" in option:
+            parts.append(f"({option['label']}) {option['text']}")
+        elif isinstance(option, str) and re.match(r"^\s*[A-Za-z]\s*\)", option):
+            label, text = option.split(")", 1)
+            parts.append(f"({label.strip()}) {text.strip()}")
+        else:
+            raise CotdistillError(f"{where}: choice {option!r} is neither 'A)text' nor {{label, text}}")
+    return " ".join(parts)
+
+
+def _fields(**paths: str) -> Callable[[Record], dict[str, Any]]:
+    """Gold fields copied from the record (a missing one is left out)."""
+    return lambda record: {name: record[key] for name, key in paths.items() if record.get(key) is not None}
+
+
+_MAWPS = dict(question=("sQuestion",), answer="lSolutions.0", id_field="iIndex", gold_fields=_fields(equations="lEquations"))
+
 _CALCULATION = re.compile(r"<<([^=<>]*)=([^<>]*)>>")
 
 
@@ -134,13 +178,37 @@ def gsm8k_gold(record: Record) -> dict[str, Any]:
 
 BUILTIN: dict[str, Task] = {
     "gsm8k": DatasetTask(
-        "gsm8k", "grade-school math word problems (original or Socratic JSONL)",
+        "gsm8k", "grade-school math word problems (original or Socratic JSONL); split dev: 500 seeded train "
+        "problems that train never sees",
         answer_pattern=r"####\s*(.+?)\s*$", hf_path="openai/gsm8k", hf_config="main", gold_fields=gsm8k_gold,
+        dev_size=500,
     ),
     "svamp": DatasetTask(
         "svamp", "SVAMP arithmetic word problems (SVAMP.json: Body, Question, Equation, Answer)",
         question=("Body", "Question"), answer="Answer", id_field="ID", hf_path="ChilleD/SVAMP",
         gold_fields=lambda record: {"equation": str(record.get("Equation", "")).strip()},
+    ),
+    "asdiv": DatasetTask(
+        "asdiv", "ASDiv math word problems (ASDiv.xml; the answer's unit in brackets is dropped; 213 of 2,305 "
+        "answers are not one number: names, yes/no, times, ratios, several values)", question=("Body", "Question"), answer="Answer",
+        answer_pattern=r"^\s*(.*?)\s*(?:\([^()]*\))?\s*$", id_field="ID",
+        gold_fields=_fields(formula="Formula", solution_type="Solution-Type"),
+    ),
+    "multiarith": DatasetTask("multiarith", "MultiArith multi-step arithmetic (MultiArith.json, MAWPS layout)", **_MAWPS),
+    "addsub": DatasetTask("addsub", "AddSub addition/subtraction word problems (AddSub.json, MAWPS layout)", **_MAWPS),
+    "singleeq": DatasetTask("singleeq", "SingleEq single-equation word problems (questions.json, MAWPS layout)",
+                            **_MAWPS),
+    "aqua": DatasetTask(
+        "aqua", "AQuA-RAT algebra, 5 options, letter answers (dev.json: question, options, rationale, correct)",
+        answer="correct", kind="choice", choices="options", gold_fields=_fields(rationale="rationale"),
+    ),
+    "strategyqa": DatasetTask(
+        "strategyqa", "StrategyQA yes/no questions needing implicit steps (strategyqa_train.json)",
+        kind="yesno", id_field="qid", gold_fields=_fields(facts="facts", decomposition="decomposition"),
+    ),
+    "commonsenseqa": DatasetTask(
+        "commonsenseqa", "CommonsenseQA, 5 options, letter answers (*_rand_split.jsonl)",
+        question=("question.stem",), answer="answerKey", kind="choice", choices="question.choices", id_field="id",
     ),
     "jsonl": DatasetTask("jsonl", "any JSONL file; map its fields with --field question=... --field answer=..."),
     "csv": DatasetTask("csv", "any CSV/TSV file; map its columns with --field question=... --field answer=..."),
