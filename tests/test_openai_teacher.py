@@ -12,7 +12,7 @@ import time
 import pytest
 
 from cotdistill.annotate import annotate
-from cotdistill.errors import CotdistillError
+from cotdistill.errors import CotdistillError, EnvironmentProblem
 from cotdistill.methods import get_method
 from cotdistill.models.openai_api import RateLimiter
 from cotdistill.store import Store
@@ -170,10 +170,13 @@ def test_unreachable_or_refusing_server_is_a_clear_error(tmp_path):
         assert summary_error and "HTTP 404" in summary_error
     finally:
         server.stop()
-    # a port nobody listens on: retries run out, the requests stay pending, nothing is stored as done
-    summary = annotate(tmp_path / "down", "arith", limit=2, teacher="openai:m",
-                       api={"base_url": "http://127.0.0.1:9/v1", "max_retries": 1, "backoff": 0.01, "timeout": 1})
-    assert (summary["failed"], summary["done"], summary["pending"]) == (2, 0, 2)
+    # a port nobody listens on: retries run out, the requests stay pending, nothing is stored as done,
+    # and the command fails with the reason
+    down = {"base_url": "http://127.0.0.1:9/v1", "max_retries": 1, "backoff": 0.01, "timeout": 1}
+    with pytest.raises(EnvironmentProblem, match=r"2 of 2 requests failed \(http://127.0.0.1:9/v1: ClientConnectorError"):
+        annotate(tmp_path / "down", "arith", limit=2, teacher="openai:m", api=down)
+    summary = annotate(tmp_path / "down", "arith", limit=2, teacher="openai:m", api=down, status=True)
+    assert (summary["done"], summary["pending"]) == (0, 2)
 
 
 def test_decompositions_verified_by_a_solver_server(tmp_path):

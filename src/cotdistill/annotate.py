@@ -6,7 +6,9 @@ sampling, sample index); a rerun asks the store which keys exist and sends only 
 Results are committed every few dozen rows or half second (by a writer thread), so a
 crash or kill -9 loses at most the requests in flight, which the next run sends again. A request that fails
 every retry, or that the server refuses (4xx), is not stored: it stays pending, never
-recorded as done, and the summary says how many and why.
+recorded as done. Refusals are counted in the summary with the first one's message; requests
+that failed every retry (a server down or failing) end the command with exit code 1 and
+the first failure's reason, so a recipe stops there.
 
 Teachers: `gold` (the task's own reference reasoning, replayed through the same parser),
 `openai:MODEL` (any OpenAI-compatible server), or a local model (the embedded alias, a
@@ -25,7 +27,7 @@ from typing import Any
 
 from tqdm.auto import tqdm
 
-from cotdistill.errors import CotdistillError
+from cotdistill.errors import CotdistillError, EnvironmentProblem
 from cotdistill.methods import Method, get_method
 from cotdistill.methods.base import check_answer
 from cotdistill.models import Completion, LocalModel, Messages
@@ -122,6 +124,8 @@ def annotate(
                               "stopped_by_budget": budget.exhausted, "not_sent": counts["skipped"]}
                     if backend.refusal:
                         result["first_refusal"] = backend.refusal
+                    if backend.failure:
+                        result["first_failure"] = backend.failure
                 else:
                     model = LocalModel(teacher, batch_size=batch_size)
                     chunk = max(batch_size, 1) * 4
@@ -139,6 +143,10 @@ def annotate(
     summary = {"problems": len(problems), "requests": len(requests), "new": 0 if status else len(pending),
                **store.annotation_status(keys), **result}
     store.close()
+    if result.get("failed"):  # stored as nothing: a recipe must not go on as if they had been answered
+        raise EnvironmentProblem(f"annotate: {result['failed']} of {len(pending)} requests failed "
+                                 f"({result.get('first_failure')}); {summary['done']} of {len(requests)} are done and "
+                                 "stored: run the same command again to send the rest")
     return summary
 
 

@@ -180,7 +180,10 @@ def evaluate(
     field: Fields = None,
     option: Options = None,
     base_url: Annotated[Optional[str], typer.Option(help="openai: models: server URL (default $OPENAI_BASE_URL).")] = None,
+    api_key_env: Annotated[str, typer.Option(help="openai: models: environment variable holding the API key.")] = "OPENAI_API_KEY",
     concurrency: Annotated[int, typer.Option(help="openai: models: requests in flight.")] = 16,
+    timeout: Annotated[float, typer.Option(help="openai: models: seconds per request attempt.")] = 120.0,
+    max_retries: Annotated[int, typer.Option(help="openai: models: retries per request (429, 5xx, timeouts, resets).")] = 8,
     price_input: Annotated[float, typer.Option(help="openai: models: USD per million prompt tokens.")] = 0.0,
     price_output: Annotated[float, typer.Option(help="openai: models: USD per million completion tokens.")] = 0.0,
     weak_sandbox: WeakSandbox = False,
@@ -193,7 +196,8 @@ def evaluate(
     single = [v for v in values if "=" not in v]
     if len(single) > 1 or (single and stages):
         raise CotdistillError("--model: give one MODEL, or STAGE=MODEL for each stage")
-    api = {"base_url": base_url, "concurrency": concurrency, "price_input": price_input, "price_output": price_output}
+    api = {"base_url": base_url, "api_key_env": api_key_env, "concurrency": concurrency, "timeout": timeout,
+           "max_retries": max_retries, "price_input": price_input, "price_output": price_output}
     uses_api = any(v.split("=", 1)[-1].startswith("openai:") for v in values)
     _show(run(run_dir, model=single[0] if single else "smollm2-135m", models=stages or None, pipeline=pipeline,
               task=task, data=data, split=split, limit=limit, method=method, name=name, temperature=temperature,

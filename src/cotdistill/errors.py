@@ -3,6 +3,13 @@
 
 class CotdistillError(Exception):
     """Bad input or configuration: the message names the file, line or field at fault.
-    Subclasses for an environment that cannot do the job set exit_code 1."""
+    Environment failures (EnvironmentProblem) exit 1."""
 
     exit_code = 2
+
+
+class EnvironmentProblem(CotdistillError):
+    """The machine, a server or a service could not do the job (not the user's input):
+    exit code 1. Nothing it failed on is stored as a result."""
+
+    exit_code = 1

@@ -10,10 +10,12 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 from cotdistill.answers import extract_flexible, is_correct
+from cotdistill.errors import EnvironmentProblem
 from cotdistill.methods import get_method
 from cotdistill.models.openai_api import load_backend
 from cotdistill.pipeline import Settings, Trace, check_pipeline, run_pipeline, vote
@@ -67,37 +69,60 @@ def evaluate(
         require_sandbox(model_written=True, accept_weak=weak_sandbox)
     problems = the_task.load(data, split, limit)
     store = Store(run_dir)
-    store.add_problems(the_task.name, split, problems)
-    paths = {stage: _model_path(run_dir, name_) for stage, name_ in stages.items()}
-    label = model if stages == {"model": model} else ",".join(f"{k}={v}" for k, v in stages.items())
-    run = name or f"eval:{label}:{the_task.name}:{split}" + ("" if pipeline == "single" else f":{pipeline}")
-    config: dict[str, Any] = {"model": label, "model_path": paths.get("model", ""), "task": the_task.name,
-                              "split": split, "method": method, "temperature": temperature,
-                              "max_new_tokens": max_new_tokens, "problems": len(problems)}
-    if pipeline != "single" or models or samples != 1:  # recorded only when used, so older runs still resume
-        config.update(pipeline=pipeline, models=stages, samples=samples)
-    store.start_run(run, "eval", config)
-    done = store.predicted(run)
-    pending = [p for p in problems if any((p.id, s) not in done for s in range(samples))]
-    if pending:
-        backends: dict[str, Any] = {}  # one backend per distinct model, shared by the stages that use it
-        for stage, path in paths.items():
-            if path not in backends:
-                backends[path] = load_backend(path, api, batch_size)
-        by_stage = {stage: backends[path] for stage, path in paths.items()}
-        chunk = batch_size * 4
-        for start in range(0, len(pending), chunk):
-            batch = pending[start : start + chunk]
-            for sample in range(samples):
-                settings = Settings(max_new_tokens, temperature, seed + start + 1000 * sample)
-                traces = run_pipeline(pipeline, batch, by_stage, method, settings)
-                store.add_predictions(_prediction(run, p, sample, t) for p, t in zip(batch, traces))
-                store.add_stage_costs(run, [(p.id, sample, t.stages) for p, t in zip(batch, traces)])
-    metrics = score(store, run, problems)
-    store.set_metrics(run, metrics)
-    store.finish_run(run, metrics)
-    store.close()
-    return metrics
+    try:
+        store.add_problems(the_task.name, split, problems)
+        paths = {stage: _model_path(run_dir, name_) for stage, name_ in stages.items()}
+        label = model if stages == {"model": model} else ",".join(f"{k}={v}" for k, v in stages.items())
+        run = name or f"eval:{label}:{the_task.name}:{split}" + ("" if pipeline == "single" else f":{pipeline}")
+        config: dict[str, Any] = {"model": label, "model_path": paths.get("model", ""), "task": the_task.name,
+                                  "split": split, "method": method, "temperature": temperature,
+                                  "max_new_tokens": max_new_tokens, "problems": len(problems)}
+        if pipeline != "single" or models or samples != 1:  # recorded only when used, so older runs still resume
+            config.update(pipeline=pipeline, models=stages, samples=samples)
+        store.start_run(run, "eval", config)
+        done = store.predicted(run)
+        pending = [p for p in problems if any((p.id, s) not in done for s in range(samples))]
+        if pending:
+            backends = {path: load_backend(path, api, batch_size) for path in dict.fromkeys(paths.values())}
+            by_stage = {stage: backends[path] for stage, path in paths.items()}
+            failed, sent, reason = _predict(store, run, pending, by_stage, pipeline, method, samples,
+                                            Settings(max_new_tokens, temperature, seed), batch_size * 4)
+            if failed:
+                raise EnvironmentProblem(
+                    f"eval {run}: {failed} of {sent} requests failed ({reason}); their problems are not scored and "
+                    "no accuracy was recorded: run the same command again to ask them again")
+        metrics = score(store, run, problems)
+        store.set_metrics(run, metrics)
+        store.finish_run(run, metrics)
+        return metrics
+    finally:
+        store.close()
+
+
+def _predict(store: Store, run: str, pending: Sequence[Problem], by_stage: dict[str, Any], pipeline: str, method: str,
+             samples: int, settings: Settings, chunk: int) -> tuple[int, int, str | None]:
+    """Answer the pending problems chunk by chunk, storing every trace that succeeded. A
+    trace whose request failed is not stored, so the next run asks it again; a chunk that
+    mostly failed stops the loop (a server that is down is not sent the rest). Returns
+    (failed, sent, the first failure's reason)."""
+    failed = sent = 0
+    reason = None
+    for start in range(0, len(pending), chunk):
+        batch = pending[start : start + chunk]
+        failed_here = 0
+        for sample in range(samples):
+            traces = run_pipeline(pipeline, batch, by_stage, method,
+                                  replace(settings, seed=settings.seed + start + 1000 * sample))
+            answered = [(p, t) for p, t in zip(batch, traces) if t.failure is None]
+            store.add_predictions(_prediction(run, p, sample, t) for p, t in answered)
+            store.add_stage_costs(run, [(p.id, sample, t.stages) for p, t in answered])
+            failed_here += len(batch) - len(answered)
+            reason = reason or next((t.failure for t in traces if t.failure), None)
+        sent += len(batch) * samples
+        failed += failed_here
+        if failed_here * 2 >= len(batch) * samples:
+            break
+    return failed, sent, reason
 
 
 def _model_path(run_dir: str | Path, name: str) -> str:

@@ -65,6 +65,7 @@ class Trace:
     answer: str | None
     stages: dict[str, StageCost] = field(default_factory=dict)
     replies: list[tuple[str, str]] = field(default_factory=list)  # (stage, reply) in order, to inspect
+    failure: str | None = None  # a stage's request failed: this trace is no answer, and no result
 
 
 @dataclass(frozen=True)
@@ -82,6 +83,8 @@ def _call(stage: str, backend: Backend, requests: list[Messages], traces: list[T
     for trace, completion in zip(traces, completions):
         trace.stages.setdefault(stage, StageCost()).add(completion, backend)
         trace.replies.append((stage, completion.text))
+        if completion.finish_reason == "error" and trace.failure is None:
+            trace.failure = f"stage {stage}: {completion.failure or 'request failed'}"
     return completions
 
 

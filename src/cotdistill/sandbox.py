@@ -48,7 +48,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
-from cotdistill.errors import CotdistillError
+from cotdistill.errors import EnvironmentProblem
 
 ERRORS = ("timeout", "memory", "forbidden", "exception", "no answer", "output", "malformed reply", "crash")
 _BOOT = ("import os, sys; sys.path += [p for p in sys.argv[1].split(os.pathsep) if p not in sys.path]; "
@@ -58,11 +58,9 @@ _SLACK_SECONDS = 10.0  # beyond the program's own deadline before a worker count
 log = logging.getLogger(__name__)
 
 
-class SandboxUnavailable(CotdistillError):
-    """The sandbox cannot run programs on this machine or installation (an environment
-    problem, exit code 1): nothing may be judged by it."""
-
-    exit_code = 1
+class SandboxUnavailable(EnvironmentProblem):
+    """The sandbox cannot run programs on this machine or installation: nothing may be
+    judged by it."""
 
 
 @dataclass(frozen=True)

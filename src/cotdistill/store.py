@@ -126,6 +126,12 @@ class Store:
     def close(self) -> None:
         self.db.close()
 
+    def __enter__(self) -> Store:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
     # problems ---------------------------------------------------------------------------
     def add_problems(self, task: str, split: str, problems: Iterable[Problem]) -> None:
         with self.db:
@@ -225,6 +231,8 @@ class Store:
         previous = self.run(name)
         if previous is None:
             return
+        if previous["kind"] == "eval" and previous["status"] != "done" and not self.predicted(name):
+            return  # an attempt that failed before any prediction (a dead server, a wrong path) binds nothing
         sizes = {"problems", "examples"}
         old = {k: v for k, v in previous["config"].items() if k not in sizes}
         new = {k: v for k, v in json.loads(json.dumps(config)).items() if k not in sizes}

@@ -32,6 +32,7 @@ class Completion:
     seconds: float  # this row's share of its batch's wall time
     cost: float = 0.0  # money, for priced API teachers
     logprobs: list[Any] | None = None  # [[token, logprob, [[top token, logprob], ...]], ...] when asked for
+    failure: str | None = None  # why a request failed (finish_reason "error"): never an answer
 
 
 def default_device() -> str:

@@ -75,7 +75,7 @@ def load_backend(model: str, options: dict[str, Any] | None = None, batch_size: 
 
 
 class GiveUp(Exception):
-    """A request failed `max_retries + 1` times; it stays undone."""
+    """A request failed `max_retries + 1` times; it stays undone. The message says why."""
 
 
 class MalformedReply(Exception):
@@ -179,6 +179,7 @@ class OpenAITeacher:
         self.sizer = PromptSizer()
         self.retries = 0
         self.refusal: str | None = None  # the first 4xx refusal's message, for the summary
+        self.failure: str | None = None  # why the first request that exhausted its retries failed
 
     def run(self, jobs: Sequence[tuple[Messages, int]], max_new_tokens: int, temperature: float,
             stop: Sequence[str], budget: Budget, on_result: Callable[[int, Completion], None]) -> dict[str, int]:
@@ -219,8 +220,9 @@ class OpenAITeacher:
                     if tpm:
                         await tpm.acquire(estimate + max_new_tokens)
                     completion = await self._complete(session, messages, seed, max_new_tokens, temperature, stop)
-                except GiveUp:
+                except GiveUp as error:
                     counts["failed"] += 1
+                    self.failure = self.failure or str(error)
                 except Refused as error:
                     counts["refused"] += 1
                     self.refusal = self.refusal or str(error)
@@ -251,6 +253,7 @@ class OpenAITeacher:
         if self.config.top_logprobs:
             request.update(logprobs=True, top_logprobs=self.config.top_logprobs)
         body = json.dumps(request)
+        reason = "no attempt"
         for attempt in range(self.config.max_retries + 1):
             started = time.perf_counter()
             wait = None
@@ -266,14 +269,19 @@ class OpenAITeacher:
                     wait = _seconds(retry_after)
                 elif status < 500 and status not in (408, 409):
                     raise Refused(f"HTTP {status}: {_error_message(raw)}")
-            except (aiohttp.ClientError, asyncio.TimeoutError, ValueError, MalformedReply):
-                pass  # resets, timeouts, bodies cut short (ValueError) or not a chat completion
+                reason = f"HTTP {status}: {_error_message(raw)}"
+            except asyncio.TimeoutError:
+                reason = f"no complete reply within {self.config.timeout:g} s"
+            except aiohttp.ClientError as error:  # connection refused, reset, dropped
+                reason = f"{type(error).__name__}: {error}"
+            except (ValueError, MalformedReply) as error:
+                reason = f"a reply that is not a chat completion ({type(error).__name__})"
             if attempt == self.config.max_retries:
                 break
             self.retries += 1
             cap = min(self.config.max_backoff, self.config.backoff * 2**attempt)
             await asyncio.sleep(wait if wait is not None else random.uniform(0, cap))
-        raise GiveUp
+        raise GiveUp(f"{self.url}: {reason} (after {self.config.max_retries + 1} attempts)")
 
     def _completion(self, messages: Messages, data: dict[str, Any], seconds: float) -> Completion:
         try:
@@ -308,7 +316,8 @@ def _seconds(retry_after: str | None) -> float | None:
 
 class APIModel:
     """An OpenAI-compatible model as a pipeline stage: blocking batched `generate`; a request
-    that fails every retry comes back empty with finish_reason "error"."""
+    that fails every retry (or is refused) comes back empty with finish_reason "error" and
+    the reason in `failure`."""
 
     def __init__(self, config: APIConfig):
         self.name = PREFIX + config.model
@@ -324,9 +333,10 @@ class APIModel:
                 replies[index] = completion
                 bar.update()
 
-            OpenAITeacher(self.config).run([(m, seed) for m in requests], max_new_tokens, temperature, stop,
-                                           Budget(self.config), keep)
-        return [replies.get(i, Completion("", 0, 0, "error", 0.0)) for i in range(len(requests))]
+            client = OpenAITeacher(self.config)
+            client.run([(m, seed) for m in requests], max_new_tokens, temperature, stop, Budget(self.config), keep)
+        why = client.failure or client.refusal or "the request was not sent"
+        return [replies.get(i, Completion("", 0, 0, "error", 0.0, failure=why)) for i in range(len(requests))]
 
     def flops(self, tokens: int) -> float:
         return 0.0  # unknown for a remote model: its cost is counted in USD
