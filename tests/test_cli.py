@@ -42,17 +42,70 @@ def test_help_lists_every_verb():
     (["train", "--objective", "mixup"], "objective must be one of sft, multitask, mi, kd"),
     (["train", "--formats", "zero-shot-cot,chatty"], "unknown format(s) chatty"),
     (["run", "{tmp}/recipe.yaml"], "step 1 (eval): unknown argument(s) modle"),
+    # numbers out of range, whichever verb
+    (["annotate", "--teacher", "openai:m", "--base-url", "http://127.0.0.1:9/v1", "--concurrency", "0"],
+     "--concurrency must be >= 1, not 0"),
+    (["eval", "--limit", "0"], "--limit must be >= 1, not 0"),
+    (["eval", "--batch-size", "0", "--limit", "1"], "--batch-size must be >= 1, not 0"),
+    (["annotate", "--option", "steps=0"], "--option steps must be >= 1, not 0"),
+    (["train", "--epochs", "0"], "epochs must be > 0"),
+    (["train", "--batch-size", "0"], "batch size must be >= 1, not 0"),
+    (["train", "--learning-rate", "-1"], "learning_rate must be > 0, not -1"),
+    (["train", "--max-length", "0"], "max_length must be >= 1, not 0"),
+    (["train", "--name", "../../escape"], "student name '../../escape'"),
+    # files that are not what they should be
+    (["annotate", "--task", "jsonl", "--data", "{tmp}/latin1.jsonl"], "latin1.jsonl: not UTF-8 text (byte 0xe9"),
+    (["run", "{tmp}/latin1.yaml"], "latin1.yaml: not UTF-8 text (byte 0xe9"),
+    (["annotate", "--task", "jsonl", "--field", "id=id", "--data", "{tmp}/dup.jsonl"],
+     "dup.jsonl:2: id 'a' again (first at"),
+    (["annotate", "--prompts", "{tmp}/prompts.yaml"], "'nope' where only {question} and {answer_hint}"),
+    (["annotate", "--task", "{tmp}/question5.yaml", "--data", "{tmp}/dup.jsonl"], "question must be a field name"),
+    (["annotate", "--task", "{tmp}/regex.yaml", "--data", "{tmp}/dup.jsonl"], "answer_pattern is not a regular expression"),
+    (["run", "{tmp}/limit.yaml"], "step 1 (eval): limit must be int | None, not 'abc'"),
+    (["run", "{tmp}/five.yaml"], "step 1 (annotate): its arguments must be a mapping, not 5"),
+    (["run", "{tmp}/rundir.yaml"], "run_dir must be a path, not [1, 2]"),
+    (["annotate", "--run-dir", "{tmp}/afile"], "run directory"),
+    (["annotate", "--run-dir", "{tmp}/afile/sub"], "run directory"),
+    (["export", "--out", "{tmp}"], "is a directory; give a .jsonl file path"),
+    (["annotate", "--teacher", "openai:http://127.0.0.1:9/v1"], "give the model's name after openai:"),
 ])
 def test_bad_input_is_one_line_and_exit_code_2(tmp_path, args, message):
     (tmp_path / "bad.jsonl").write_text('{"question": "a", "answer": "#### 1"}\n{"question": \n')
     (tmp_path / "nofield.jsonl").write_text('{"question": "a"}\n')
     (tmp_path / "recipe.yaml").write_text("steps:\n  - eval: {modle: x}\n")
-    args = [a.format(tmp=tmp_path) for a in args] + ["--run-dir", str(tmp_path / "run")] * (args[0] not in ("run", "methods"))
+    (tmp_path / "latin1.jsonl").write_bytes(b'{"question": "caf\xe9?", "answer": "1"}\n')
+    (tmp_path / "latin1.yaml").write_bytes(b"steps:\n  - eval: {limit: 1}  # caf\xe9\n")
+    (tmp_path / "dup.jsonl").write_text('{"id": "a", "question": "q", "answer": "1"}\n' * 2)
+    (tmp_path / "prompts.yaml").write_text('instruction: "{question} {nope}"\n')
+    (tmp_path / "question5.yaml").write_text("question: 5\n")
+    (tmp_path / "regex.yaml").write_text('answer_pattern: "(("\n')
+    (tmp_path / "limit.yaml").write_text('steps:\n  - eval: {limit: "abc"}\n')
+    (tmp_path / "five.yaml").write_text("steps:\n  - annotate: 5\n")
+    (tmp_path / "rundir.yaml").write_text("run_dir: [1, 2]\nsteps:\n  - report: {}\n")
+    (tmp_path / "afile").write_text("x")
+    given = [a.format(tmp=tmp_path) for a in args]
+    args = given + ["--run-dir", str(tmp_path / "run")] * (args[0] not in ("run", "methods") and "--run-dir" not in args)
     result = run(*args)
     assert result.returncode == 2, result.stderr
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and message in lines[0], result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_environment_failures_are_one_line_and_exit_code_1(tmp_path):
+    """A store that is not a database: the machine's state, not the command, is at fault."""
+    (tmp_path / "store.sqlite").write_bytes(b"not a database" * 300)
+    result = run("annotate", "--limit", "1", "--run-dir", str(tmp_path))
+    assert result.returncode == 1, result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and "store.sqlite: cannot open the run's store" in lines[0], result.stderr
+
+
+def test_public_endpoint_without_a_key_is_refused_at_once(tmp_path):
+    env = {k: v for k, v in os.environ.items() if k not in ("OPENAI_API_KEY", "OPENAI_BASE_URL")}
+    result = subprocess.run([*CLI, "annotate", "--teacher", "openai:gpt-4o", "--run-dir", str(tmp_path)],
+                            capture_output=True, text=True, timeout=120, env=env)
+    assert result.returncode == 2 and "needs a key: set $OPENAI_API_KEY" in result.stderr, result.stderr
 
 
 def test_usage_errors_also_exit_2():

@@ -29,6 +29,15 @@ def _answer(messages: list[dict[str, str]]) -> str:
     return "It is 5. The answer is 5."
 
 
+def _eval_served(run_dir, **kwargs) -> tuple[dict, StubServer]:
+    """evaluate() against a live stub server; returns the metrics and the server."""
+    server = StubServer(_answer)
+    try:
+        return evaluate(run_dir, model="openai:m", task="arith", api={"base_url": server.start()}, **kwargs), server
+    finally:
+        server.stop()
+
+
 def test_eval_against_a_dead_server_stores_nothing_then_recovers(tmp_path):
     run_dir = tmp_path / "run"
     with pytest.raises(EnvironmentProblem, match=r"3 of 3 requests failed .*ClientConnectorError") as failed:
@@ -38,12 +47,7 @@ def test_eval_against_a_dead_server_stores_nothing_then_recovers(tmp_path):
     with Store(run_dir) as store:
         assert store.predicted("api") == set()
         assert store.run("api")["status"] != "done" and not store.run("api")["result"]
-    server = StubServer(_answer)
-    try:
-        metrics = evaluate(run_dir, model="openai:m", task="arith", limit=3, name="api",
-                           api={"base_url": server.start()})
-    finally:
-        server.stop()
+    metrics, server = _eval_served(run_dir, limit=3, name="api")
     assert metrics["n"] == 3 and server.requests == 3  # the failed problems were asked again, and only once
 
 
@@ -51,12 +55,7 @@ def test_a_failed_attempt_does_not_bind_the_run_name(tmp_path):
     run_dir = tmp_path / "run"
     with pytest.raises(CotdistillError):
         evaluate(run_dir, model=str(tmp_path / "no-such-model"), task="arith", limit=2, name="mine")
-    server = StubServer(_answer)
-    try:
-        metrics = evaluate(run_dir, model="openai:m", task="arith", limit=2, name="mine",
-                           api={"base_url": server.start()})
-    finally:
-        server.stop()
+    metrics, _ = _eval_served(run_dir, limit=2, name="mine")
     assert metrics["n"] == 2
     with pytest.raises(CotdistillError, match="exists with other settings"):  # a finished run still binds its name
         evaluate(run_dir, model="openai:other", task="arith", limit=2, name="mine", api={"base_url": _dead_url()})

@@ -203,3 +203,54 @@ def test_decompositions_verified_by_a_solver_server(tmp_path):
     problem = next(p for p in PROBLEMS if p.id == kept[0].problem_id)
     solver_example = get_method("decompose").training_examples(problem, kept[0].parsed)[1]
     assert solver_example.role == "solver" and solver_example.completion.startswith("Working through")
+
+
+def test_retry_after_in_seconds_or_as_an_http_date():
+    from email.utils import formatdate
+
+    from cotdistill.models.openai_api import _seconds
+
+    assert _seconds("2") == 2.0 and _seconds("3600") == 60.0
+    assert _seconds(None) is None and _seconds("soon") is None
+    assert _seconds("Wed, 21 Oct 2015 07:28:00 GMT") == 0.0  # a date past: retry now
+    assert 3.5 < _seconds(formatdate(time.time() + 5, usegmt=True)) <= 5.0
+
+
+def test_a_server_that_wants_max_completion_tokens(tmp_path):
+    """OpenAI's newer models refuse `max_tokens`: the client switches once and remembers."""
+    server = StubServer(arith_teacher, reject_max_tokens=True)
+    server.start()
+    try:
+        summary = annotate(tmp_path, "arith", limit=6, teacher="openai:m",
+                           api={"base_url": server.base_url, "concurrency": 1})
+    finally:
+        server.stop()
+    assert (summary["done"], summary["refused"]) == (6, 0)
+    assert server.requests == 7  # one refusal, then every request with max_completion_tokens
+
+
+def test_a_400_for_every_request_stops_after_the_first_few(tmp_path):
+    server = StubServer(lambda messages: 400)
+    server.start()
+    try:
+        with pytest.raises(CotdistillError, match=r"first 5 requests were all refused \(HTTP 400: scripted error 400\)"):
+            annotate(tmp_path, "arith", limit=40, teacher="openai:m", api={"base_url": server.base_url, "concurrency": 1})
+    finally:
+        server.stop()
+    assert server.requests == 5
+
+
+def test_api_time_per_problem_is_wall_time_not_summed_latency(tmp_path):
+    """Eight requests in flight at once take about one request's time: per problem, an
+    eighth of it, not each request's latency (which would not change with concurrency)."""
+    from cotdistill.evaluate import evaluate
+
+    server = StubServer(lambda messages: "The answer is 5.", latency=0.3)
+    server.start()
+    try:
+        per = {c: evaluate(tmp_path, model="openai:m", task="arith", limit=8, name=f"c{c}",
+                           api={"base_url": server.base_url, "concurrency": c})["seconds_per_problem"]
+               for c in (1, 8)}
+    finally:
+        server.stop()
+    assert 0.25 < per[1] < 0.6 and per[8] < per[1] / 3, per

@@ -174,3 +174,18 @@ def test_two_process_ddp_shards_the_data_and_keeps_model_and_mi_critic_in_sync(t
         assert torch.equal(a, b)
     for name in rank0["model"]:
         assert torch.equal(rank0["model"][name], rank1["model"][name]), name
+
+
+def test_an_attempt_that_left_no_checkpoint_can_be_retried_with_other_settings(tmp_path, tiny_model):
+    """Killed for memory before its first checkpoint, a run binds nothing: the retry with a
+    smaller batch goes ahead. One that finished still binds its name."""
+    from cotdistill.store import Store
+
+    annotate(tmp_path, "arith", limit=6)
+    with Store(tmp_path) as store:  # what the killed attempt left: a run record, status running, no checkpoint
+        store.start_run("train:student", "train", {"student": str(tiny_model), "method": "cot",
+                                                   "per_device_train_batch_size": 32})
+    output = train(tmp_path, student=str(tiny_model), max_steps=1, per_device_train_batch_size=2, disable_tqdm=True)
+    assert (output / "cotdistill.json").is_file()
+    with pytest.raises(CotdistillError, match="exists with other settings"):
+        train(tmp_path, student=str(tiny_model), max_steps=1, per_device_train_batch_size=4, disable_tqdm=True)

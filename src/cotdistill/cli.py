@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import sqlite3
 import sys
 from pathlib import Path
 from typing import Annotated, Any, Optional
@@ -300,3 +301,6 @@ def main() -> None:
     except CotdistillError as error:
         print(f"error: {error}", file=sys.stderr)
         sys.exit(error.exit_code)
+    except (OSError, sqlite3.DatabaseError) as error:  # the machine mid-run: disk full, a file gone or locked
+        print(f"error: {error}", file=sys.stderr)
+        sys.exit(1)

@@ -13,3 +13,10 @@ class EnvironmentProblem(CotdistillError):
     exit code 1. Nothing it failed on is stored as a result."""
 
     exit_code = 1
+
+
+def at_least(name: str, value: float | None, low: float, *, strictly: bool = False) -> None:
+    """Refuse a numeric setting below its range in one line naming it (None: not set).
+    Checked where the Python functions start, so the CLI, recipes and the API share it."""
+    if value is not None and (value <= low if strictly else value < low):
+        raise CotdistillError(f"{name} must be {'>' if strictly else '>='} {low:g}, not {value:g}")

@@ -15,14 +15,14 @@ from pathlib import Path
 from typing import Any
 
 from cotdistill.answers import extract_flexible, is_correct
-from cotdistill.errors import EnvironmentProblem
+from cotdistill.errors import EnvironmentProblem, at_least
 from cotdistill.methods import get_method
 from cotdistill.models.openai_api import load_backend
 from cotdistill.pipeline import Settings, Trace, check_pipeline, run_pipeline, vote
 from cotdistill.sandbox import require_sandbox
 from cotdistill.store import Prediction, Store
 from cotdistill.tasks import Problem, get_task
-from cotdistill.train import student_dir
+from cotdistill.train.student import STUDENT_NAME, student_dir
 
 
 def wilson_interval(successes: int, n: int, z: float = 1.96) -> tuple[float, float]:
@@ -61,6 +61,9 @@ def evaluate(
     openai:MODEL). `samples` > 1 with temperature > 0 adds self-consistency voting.
     `api` sets the OpenAI-compatible backend (APIConfig fields: base_url, prices, ...).
     `weak_sandbox` lets the model's programs run where the kernel sandbox is incomplete."""
+    for option, value, low in (("--samples", samples, 1), ("--max-new-tokens", max_new_tokens, 1),
+                               ("--batch-size", batch_size, 1), ("--limit", limit, 1), ("--temperature", temperature, 0)):
+        at_least(option, value, low)
     the_task = get_task(task, fields, options)
     the_method = get_method(method)  # an unknown method fails here, before any data or model is loaded
     stages = dict(models or {"model": model})
@@ -79,7 +82,7 @@ def evaluate(
                                   "max_new_tokens": max_new_tokens, "problems": len(problems)}
         if pipeline != "single" or models or samples != 1:  # recorded only when used, so older runs still resume
             config.update(pipeline=pipeline, models=stages, samples=samples)
-        store.start_run(run, "eval", config)
+        store.start_run(run, "eval", config, produced=bool(store.predicted(run)))
         done = store.predicted(run)
         pending = [p for p in problems if any((p.id, s) not in done for s in range(samples))]
         if pending:
@@ -127,6 +130,8 @@ def _predict(store: Store, run: str, pending: Sequence[Problem], by_stage: dict[
 
 def _model_path(run_dir: str | Path, name: str) -> str:
     """A student of this run by name, or the name as given."""
+    if not STUDENT_NAME.fullmatch(name):
+        return name
     trained = student_dir(run_dir, name)
     return str(trained) if trained.is_dir() else name
 

@@ -29,6 +29,8 @@ def export(run_dir: str | Path, out: str | Path, method: str = "cot", format: st
     if format not in FORMATS:
         raise CotdistillError(f"unknown export format {format!r} (known: {', '.join(FORMATS)})")
     the_method = get_method(method)
+    if format != "dataset" and Path(out).is_dir():
+        raise CotdistillError(f"--out {out}: is a directory; give a .jsonl file path (a directory is for --format dataset)")
     store = Store(run_dir)
     try:
         pairs = stored_examples(store, the_method, list(roles or the_method.roles), task, split)

@@ -17,7 +17,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from cotdistill.errors import CotdistillError
+from cotdistill.errors import CotdistillError, EnvironmentProblem
 from cotdistill.tasks import Problem
 
 SCHEMA = """
@@ -106,14 +106,20 @@ class Store:
 
     def __init__(self, run_dir: str | Path):
         self.run_dir = Path(run_dir)
-        self.run_dir.mkdir(parents=True, exist_ok=True)
         self.path = self.run_dir / "store.sqlite"
-        self.db = sqlite3.connect(self.path, timeout=60, check_same_thread=False)  # annotate writes from one writer thread
-        self.db.row_factory = sqlite3.Row
-        self.db.execute("PRAGMA journal_mode=WAL")
-        self.db.execute("PRAGMA synchronous=NORMAL")  # WAL + NORMAL: a killed process loses no commit; only power loss can
-        self.db.executescript(SCHEMA)
-        self._migrate()
+        try:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+        except OSError as error:  # a file in the way, a read-only place, a name too long
+            raise CotdistillError(f"run directory {self.run_dir}: {error.strerror}") from None
+        try:
+            self.db = sqlite3.connect(self.path, timeout=60, check_same_thread=False)  # one writer thread in annotate
+            self.db.row_factory = sqlite3.Row
+            self.db.execute("PRAGMA journal_mode=WAL")
+            self.db.execute("PRAGMA synchronous=NORMAL")  # WAL + NORMAL: a killed process loses no commit
+            self.db.executescript(SCHEMA)
+            self._migrate()
+        except sqlite3.DatabaseError as error:  # not a database, corrupted, disk full, read-only
+            raise EnvironmentProblem(f"{self.path}: cannot open the run's store ({error})") from None
 
     def _migrate(self) -> None:
         """Columns added since a store was created (stores from older versions keep working)."""
@@ -215,9 +221,9 @@ class Store:
         return [_annotation(r) for r in self.db.execute(query + " ORDER BY rowid", args)]
 
     # runs -------------------------------------------------------------------------------
-    def start_run(self, name: str, kind: str, config: dict[str, Any]) -> None:
+    def start_run(self, name: str, kind: str, config: dict[str, Any], produced: bool = True) -> None:
         """Record a run; an earlier run of the same name and settings is resumed, not duplicated."""
-        self.check_settings(name, config)
+        self.check_settings(name, config, produced)
         with self.db:
             self.db.execute(
                 "INSERT INTO runs (name, kind, config, status, started) VALUES (?, ?, ?, 'running', ?) "
@@ -225,14 +231,15 @@ class Store:
                 (name, kind, json.dumps(config), time.time()),
             )
 
-    def check_settings(self, name: str, config: dict[str, Any]) -> None:
+    def check_settings(self, name: str, config: dict[str, Any], produced: bool = True) -> None:
         """Refuse to resume a run under settings other than its own: its stored results would be
-        silently mixed with, or taken for, results of the new settings. Sizes may grow."""
+        silently mixed with, or taken for, results of the new settings. Sizes may grow.
+        `produced`: whether the earlier attempt left anything (predictions, checkpoints); an
+        unfinished one that left nothing (a dead server, a wrong path, killed for memory
+        before its first checkpoint) binds nothing, and may be retried with other settings."""
         previous = self.run(name)
-        if previous is None:
+        if previous is None or (previous["status"] != "done" and not produced):
             return
-        if previous["kind"] == "eval" and previous["status"] != "done" and not self.predicted(name):
-            return  # an attempt that failed before any prediction (a dead server, a wrong path) binds nothing
         sizes = {"problems", "examples"}
         old = {k: v for k, v in previous["config"].items() if k not in sizes}
         new = {k: v for k, v in json.loads(json.dumps(config)).items() if k not in sizes}

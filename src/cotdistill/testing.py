@@ -34,11 +34,13 @@ def default_reply(messages: list[dict[str, str]]) -> str:
 
 class StubServer:
     def __init__(self, reply: Reply = default_reply, latency: float = 0.0, faults: dict[str, float] | None = None,
-                 hang: float = 30.0, seed: int = 0, host: str = "127.0.0.1", port: int = 0):
+                 hang: float = 30.0, seed: int = 0, host: str = "127.0.0.1", port: int = 0,
+                 reject_max_tokens: bool = False):
         unknown = set(faults or {}) - set(FAULTS)
         if unknown:
             raise ValueError(f"unknown fault(s) {unknown}; known: {FAULTS}")
         self.reply, self.latency, self.faults, self.hang = reply, latency, faults or {}, hang
+        self.reject_max_tokens = reject_max_tokens  # as OpenAI's newer models: only max_completion_tokens
         self.rng = random.Random(seed)
         self.host, self.port = host, port
         self.served: Counter[str] = Counter()  # fingerprint -> complete 200 replies sent
@@ -116,6 +118,12 @@ class StubServer:
             self._write(writer, 404, {"error": {"message": "only /v1/chat/completions", "type": "not_found"}})
             return True
         request = json.loads(body)
+        if self.reject_max_tokens and "max_tokens" in request:
+            self._write(writer, 400, {"error": {
+                "message": "Unsupported parameter: 'max_tokens' is not supported with this model. "
+                           "Use 'max_completion_tokens' instead.", "type": "invalid_request_error",
+                "param": "max_tokens", "code": "unsupported_parameter"}})
+            return True
         fault = self._fault()
         if self.latency:
             await asyncio.sleep(self.latency)

@@ -13,12 +13,11 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from cotdistill.answers import extract_strict, is_correct, normalize
 from cotdistill.errors import CotdistillError
 from cotdistill.models import Messages
 from cotdistill.tasks import Problem
+from cotdistill.tasks.records import read_yaml
 
 ANSWER_HINT = {
     "number": "a number",
@@ -68,7 +67,7 @@ def load_prompts(path: str | Path, default: Prompts) -> Prompts:
     path = Path(path)
     if not path.is_file():
         raise CotdistillError(f"{path}: no such prompts file")
-    spec = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    spec = read_yaml(path) or {}
     if not isinstance(spec, dict) or set(spec) - {"instruction", "demonstrations"}:
         raise CotdistillError(f"{path}: a prompts file holds only 'instruction' and 'demonstrations'")
     prompts = default
@@ -76,6 +75,11 @@ def load_prompts(path: str | Path, default: Prompts) -> Prompts:
         instruction = str(spec["instruction"])
         if "{question}" not in instruction:
             raise CotdistillError(f"{path}: field 'instruction' must contain {{question}}")
+        try:  # the placeholders the methods fill in; braces meant literally are written {{ }}
+            instruction.format(question="", answer_hint="")
+        except (KeyError, IndexError, ValueError) as error:
+            raise CotdistillError(f"{path}: field 'instruction' has {error!s} where only {{question}} and "
+                                  "{answer_hint} are filled in (write literal braces as {{ }})") from None
         prompts = replace(prompts, instruction=instruction)
     if "demonstrations" in spec:
         demos = []

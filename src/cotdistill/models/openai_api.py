@@ -19,15 +19,16 @@ so the run stops cleanly *before* it could overspend, never after.
 from __future__ import annotations
 
 import asyncio
+import email.utils
 import json
 import os
 import random
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, fields, replace
 from typing import Any
 
-from cotdistill.errors import CotdistillError
+from cotdistill.errors import CotdistillError, at_least
 from cotdistill.models.local import Completion, LocalModel, Messages
 
 PREFIX = "openai:"
@@ -50,6 +51,22 @@ class APIConfig:
     price_output: float = 0.0  # USD per million completion tokens
     max_cost: float | None = None  # USD for the whole annotation job
     max_tokens: int | None = None  # prompt + completion tokens for the whole job
+
+    def __post_init__(self) -> None:
+        if "://" in self.model:
+            raise CotdistillError(f"openai:{self.model}: give the model's name after openai: and the server with "
+                                  "--base-url URL")
+        for option, value, low, strictly in (
+                ("--concurrency", self.concurrency, 1, False), ("--timeout", self.timeout, 0, True),
+                ("--max-retries", self.max_retries, 0, False), ("--rpm", self.requests_per_minute, 0, True),
+                ("--tpm", self.tokens_per_minute, 0, True), ("--top-logprobs", self.top_logprobs, 0, False),
+                ("--price-input", self.price_input, 0, False), ("--price-output", self.price_output, 0, False),
+                ("--max-cost", self.max_cost, 0, False), ("--max-tokens", self.max_tokens, 1, False)):
+            at_least(option, value, low, strictly=strictly)
+        if (not self.base_url and not os.environ.get("OPENAI_BASE_URL")
+                and not os.environ.get(self.api_key_env)):
+            raise CotdistillError(f"openai:{self.model} goes to {DEFAULT_BASE_URL}, which needs a key: set "
+                                  f"${self.api_key_env} (or --api-key-env), or give your server with --base-url")
 
     def cost(self, prompt_tokens: int, completion_tokens: int) -> float:
         return (prompt_tokens * self.price_input + completion_tokens * self.price_output) / 1e6
@@ -91,6 +108,7 @@ class Fatal(Exception):
 
 
 FATAL = (401, 403, 404)
+REFUSALS_BEFORE_STOP = 5  # refused requests, none answered: a bad setting, not a bad prompt
 DEFAULT_BASE_URL = "https://api.openai.com/v1"
 
 
@@ -180,6 +198,7 @@ class OpenAITeacher:
         self.retries = 0
         self.refusal: str | None = None  # the first 4xx refusal's message, for the summary
         self.failure: str | None = None  # why the first request that exhausted its retries failed
+        self.token_limit = "max_tokens"  # "max_completion_tokens" once a server asks for it (OpenAI's newer models)
 
     def run(self, jobs: Sequence[tuple[Messages, int]], max_new_tokens: int, temperature: float,
             stop: Sequence[str], budget: Budget, on_result: Callable[[int, Completion], None]) -> dict[str, int]:
@@ -226,6 +245,8 @@ class OpenAITeacher:
                 except Refused as error:
                     counts["refused"] += 1
                     self.refusal = self.refusal or str(error)
+                    if counts["refused"] >= REFUSALS_BEFORE_STOP and not counts["done"]:  # the same 400 for all
+                        fatal.append(Fatal(f"the first {counts['refused']} requests were all refused ({error})"))
                 except Fatal as error:
                     fatal.append(error)
                 finally:
@@ -246,13 +267,14 @@ class OpenAITeacher:
         connection errors and malformed bodies are retried; other 4xx are final."""
         import aiohttp
 
-        request: dict[str, Any] = {"model": self.config.model, "messages": messages, "max_tokens": max_new_tokens,
-                                   "temperature": temperature, "seed": seed}
+        request: dict[str, Any] = {"model": self.config.model, "messages": messages, "temperature": temperature,
+                                   "seed": seed}
         if stop:
             request["stop"] = list(stop)[:4]  # OpenAI accepts at most four
         if self.config.top_logprobs:
             request.update(logprobs=True, top_logprobs=self.config.top_logprobs)
-        body = json.dumps(request)
+        limit = self.token_limit
+        body = json.dumps({**request, limit: max_new_tokens})
         reason = "no attempt"
         for attempt in range(self.config.max_retries + 1):
             started = time.perf_counter()
@@ -268,7 +290,11 @@ class OpenAITeacher:
                 if status == 429:
                     wait = _seconds(retry_after)
                 elif status < 500 and status not in (408, 409):
-                    raise Refused(f"HTTP {status}: {_error_message(raw)}")
+                    message = _error_message(raw)
+                    if status == 400 and limit == "max_tokens" and "max_completion_tokens" in message:
+                        self.token_limit = "max_completion_tokens"  # remembered for every later request
+                        return await self._complete(session, messages, seed, max_new_tokens, temperature, stop)
+                    raise Refused(f"HTTP {status}: {message}")
                 reason = f"HTTP {status}: {_error_message(raw)}"
             except asyncio.TimeoutError:
                 reason = f"no complete reply within {self.config.timeout:g} s"
@@ -280,7 +306,8 @@ class OpenAITeacher:
                 break
             self.retries += 1
             cap = min(self.config.max_backoff, self.config.backoff * 2**attempt)
-            await asyncio.sleep(wait if wait is not None else random.uniform(0, cap))
+            # a server's wait gets up to 25% jitter, so the requests it told to wait do not all return at once
+            await asyncio.sleep(wait * random.uniform(1.0, 1.25) if wait is not None else random.uniform(0, cap))
         raise GiveUp(f"{self.url}: {reason} (after {self.config.max_retries + 1} attempts)")
 
     def _completion(self, messages: Messages, data: dict[str, Any], seconds: float) -> Completion:
@@ -308,10 +335,17 @@ def _error_message(raw: bytes) -> str:
 
 
 def _seconds(retry_after: str | None) -> float | None:
-    try:
-        return min(60.0, float(retry_after)) if retry_after is not None else None
-    except ValueError:
+    """Retry-After in seconds or as an HTTP date (RFC 9110 allows both), within [0, 60]."""
+    if retry_after is None:
         return None
+    try:
+        seconds = float(retry_after)
+    except ValueError:
+        try:
+            seconds = email.utils.parsedate_to_datetime(retry_after).timestamp() - time.time()
+        except (TypeError, ValueError):
+            return None
+    return min(60.0, max(0.0, seconds))
 
 
 class APIModel:
@@ -328,6 +362,7 @@ class APIModel:
         from tqdm.auto import tqdm
 
         replies: dict[int, Completion] = {}
+        started = time.perf_counter()
         with tqdm(total=len(requests), desc=progress, disable=progress is None, unit="req") as bar:
             def keep(index: int, completion: Completion) -> None:
                 replies[index] = completion
@@ -336,7 +371,11 @@ class APIModel:
             client = OpenAITeacher(self.config)
             client.run([(m, seed) for m in requests], max_new_tokens, temperature, stop, Budget(self.config), keep)
         why = client.failure or client.refusal or "the request was not sent"
-        return [replies.get(i, Completion("", 0, 0, "error", 0.0, failure=why)) for i in range(len(requests))]
+        # each row's share of the call's wall time, as for local batches: a request's own latency
+        # includes its wait behind the others in flight and would grow with --concurrency
+        share = (time.perf_counter() - started) / max(1, len(requests))
+        return [replace(replies[i], seconds=share) if i in replies else Completion("", 0, 0, "error", 0.0, failure=why)
+                for i in range(len(requests))]
 
     def flops(self, tokens: int) -> float:
         return 0.0  # unknown for a remote model: its cost is counted in USD

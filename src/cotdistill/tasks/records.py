@@ -12,15 +12,47 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import yaml
+
 from cotdistill.errors import CotdistillError
 
 Record = dict[str, Any]
+
+
+def read_text(path: Path) -> str:
+    """A text file's content, or one line saying where it is not UTF-8."""
+    try:
+        return path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as error:
+        raise _not_utf8(path, error) from None
+
+
+def read_yaml(path: Path) -> Any:
+    """A YAML file (recipe, prompts, task), or one line saying what is wrong with it."""
+    try:
+        return yaml.safe_load(read_text(path))
+    except yaml.YAMLError as error:
+        mark = getattr(error, "problem_mark", None)
+        where = f":{mark.line + 1}" if mark is not None else ""
+        raise CotdistillError(f"{path}{where}: malformed YAML ({getattr(error, 'problem', None) or error})") from None
+
+
+def _not_utf8(path: Path, error: UnicodeDecodeError) -> CotdistillError:
+    return CotdistillError(f"{path}: not UTF-8 text (byte {error.object[error.start]:#04x} at offset {error.start}): "
+                           "save it as UTF-8")
 
 
 def read_records(path: str | Path) -> Iterator[tuple[str, Record]]:
     path = Path(path)
     if not path.is_file():
         raise CotdistillError(f"{path}: no such file")
+    try:
+        yield from _records(path)
+    except UnicodeDecodeError as error:
+        raise _not_utf8(path, error) from None
+
+
+def _records(path: Path) -> Iterator[tuple[str, Record]]:
     suffix = path.suffix.lower()
     if suffix == ".jsonl":
         yield from _read_jsonl(path)
@@ -50,7 +82,7 @@ def _read_jsonl(path: Path) -> Iterator[tuple[str, Record]]:
 
 def _read_json(path: Path) -> Iterator[tuple[str, Record]]:
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
+        data = json.loads(read_text(path))
     except json.JSONDecodeError as error:
         if error.msg == "Extra data":  # JSON lines under a .json name (AQuA's dev.json)
             yield from _read_jsonl(path)

@@ -12,18 +12,16 @@ import dataclasses
 import random
 import re
 from collections.abc import Callable, Iterable
-from itertools import islice
 from dataclasses import dataclass, field
+from itertools import islice
 from pathlib import Path
 from typing import Any, Protocol
 
-import yaml
-
 from cotdistill.answers import AnswerKind, normalize
-from cotdistill.errors import CotdistillError
+from cotdistill.errors import CotdistillError, at_least
 from cotdistill.tasks import arith
 from cotdistill.tasks.problem import Problem
-from cotdistill.tasks.records import Record, read_records
+from cotdistill.tasks.records import Record, read_records, read_yaml
 
 ANSWER_KINDS = ("number", "yesno", "choice", "text")
 
@@ -60,8 +58,9 @@ class DatasetTask:
         carve = self.dev_size > 0 and split in ("train", "dev")
         rows = read_records(data) if data is not None else self._hub_records("train" if carve else split)
         if not carve:
-            return [self._to_problem(where, index, record) for index, (where, record) in islice(enumerate(rows), limit)]
-        every = [self._to_problem(where, index, record) for index, (where, record) in enumerate(rows)]
+            return _unique([(where, self._to_problem(where, index, record))
+                            for index, (where, record) in islice(enumerate(rows), limit)])
+        every = _unique([(where, self._to_problem(where, index, record)) for index, (where, record) in enumerate(rows)])
         if self.dev_size >= len(every):
             raise CotdistillError(f"task {self.name} keeps {self.dev_size} seeded training problems for its dev split, "
                                   f"and {data or 'the data'} has {len(every)}: pass --option dev_size=N (0: none)")
@@ -126,10 +125,23 @@ class ArithTask:
     def load(self, data: str | Path | None = None, split: str = "train", limit: int | None = None) -> list[Problem]:
         if data is not None:
             raise CotdistillError("task arith is generated, it reads no --data; set its steps/seed with --option")
+        at_least("--option steps", self.steps, 1)
+        at_least("--option size", self.size, 1)
         try:
             return arith.generate(split, limit or self.size, seed=self.seed, steps=self.steps)
         except ValueError as error:
             raise CotdistillError(str(error)) from None
+
+
+def _unique(located: list[tuple[str, Problem]]) -> list[Problem]:
+    """The problems, refusing a repeated id: the store keys everything by it, so a second
+    problem under the same id would silently take the first one's place."""
+    first: dict[str, str] = {}
+    for where, problem in located:
+        if problem.id in first:
+            raise CotdistillError(f"{where}: id {problem.id!r} again (first at {first[problem.id]}); ids must be unique")
+        first[problem.id] = where
+    return [problem for _, problem in located]
 
 
 def _choices(options: Any, where: str) -> str:
@@ -252,13 +264,28 @@ def _option_value(task: Task, key: str, value: str) -> Any:
 def _task_from_yaml(path: Path) -> DatasetTask:
     if not path.is_file():
         raise CotdistillError(f"{path}: no such file")
-    spec = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    spec = read_yaml(path) or {}
+    if not isinstance(spec, dict):
+        raise CotdistillError(f"{path}: a task file is a mapping of DatasetTask fields")
     known = {f.name for f in dataclasses.fields(DatasetTask)} - {"gold_fields"}
     unknown = set(spec) - known
     if unknown:
         raise CotdistillError(f"{path}: unknown field(s) {', '.join(sorted(unknown))} (known: {', '.join(sorted(known))})")
     if "question" in spec:
-        spec["question"] = tuple([spec["question"]] if isinstance(spec["question"], str) else spec["question"])
+        question = [spec["question"]] if isinstance(spec["question"], str) else spec["question"]
+        if not isinstance(question, list) or not question or not all(isinstance(q, str) for q in question):
+            raise CotdistillError(f"{path}: question must be a field name or a list of them, not {spec['question']!r}")
+        spec["question"] = tuple(question)
+    for key in ("answer", "answer_pattern", "id_field", "hf_path", "hf_config", "choices", "name", "description"):
+        if key in spec and spec[key] is not None and not isinstance(spec[key], str):
+            raise CotdistillError(f"{path}: {key} must be text, not {spec[key]!r}")
+    for key in ("dev_size", "dev_seed"):
+        if key in spec and (type(spec[key]) is not int or spec[key] < 0):
+            raise CotdistillError(f"{path}: {key} must be a whole number >= 0, not {spec[key]!r}")
+    try:
+        re.compile(spec.get("answer_pattern") or "")
+    except re.error as error:
+        raise CotdistillError(f"{path}: answer_pattern is not a regular expression ({error})") from None
     if spec.get("kind", "number") not in ANSWER_KINDS:
         raise CotdistillError(f"{path}: kind {spec['kind']!r} is not one of {', '.join(ANSWER_KINDS)}")
     spec.setdefault("name", path.stem)

@@ -81,6 +81,14 @@ class TrainConfig(TrainingArguments):
                                      ("model_type", self.model_type, ("auto", "causal", "seq2seq"))):
             if value not in allowed:
                 raise ValueError(f"{name} must be one of {', '.join(allowed)}, not {value!r}")
+        for option, value, low in (("batch size", self.per_device_train_batch_size, 1), ("max_length", self.max_length, 1),
+                                   ("gradient_accumulation_steps", self.gradient_accumulation_steps, 1)):
+            if value < low:
+                raise ValueError(f"{option} must be >= {low}, not {value}")
+        if self.learning_rate <= 0:
+            raise ValueError(f"learning_rate must be > 0, not {self.learning_rate:g}")
+        if self.num_train_epochs <= 0 and self.max_steps <= 0:
+            raise ValueError("epochs must be > 0 (or max_steps set): a student trained for no step is not trained")
         unknown = set(self.format_list) - set(FORMATS)
         if unknown:
             raise ValueError(f"unknown format(s) {', '.join(sorted(unknown))} (formats: {', '.join(FORMATS)})")

@@ -10,6 +10,7 @@ tokenizer and a `cotdistill.json` of what produced it land in `RUN_DIR/students/
 from __future__ import annotations
 
 import json
+import re
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -31,7 +32,13 @@ from cotdistill.train.formats import format_examples
 from cotdistill.train.trainer import load_critic, make_trainer
 
 
+STUDENT_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+-]{0,99}")
+
+
 def student_dir(run_dir: str | Path, name: str) -> Path:
+    """Where student `name` lives: a plain name, so nothing lands outside the run directory."""
+    if not STUDENT_NAME.fullmatch(name or ""):
+        raise CotdistillError(f"student name {name!r}: use letters, digits and . _ + - (no path, at most 100)")
     return Path(run_dir) / "students" / name
 
 
@@ -54,21 +61,22 @@ def train(
     weights, formats to mix, a dev set, LoRA, and every TrainingArguments field.
     """
     output = student_dir(run_dir, name)
+    try:  # bad settings fail before anything is opened or registered
+        args = TrainConfig(output_dir=str(output / "checkpoints"), **config)
+    except (TypeError, ValueError) as error:
+        raise CotdistillError(f"train: {error}") from None
     store = Store(run_dir)
     run_name = f"train:{name}"
     the_method = get_method(method)
     chosen = {"roles": roles} if roles else {}  # recorded only when chosen, so older runs still resume
     roles = list(roles or the_method.train_roles)
     settings = {"student": student, "method": method, "task": task, "split": split, **chosen, **config}
-    store.check_settings(run_name, settings)
+    produced = any((output / "checkpoints").glob("checkpoint-*"))
+    store.check_settings(run_name, settings, produced)
     previous = store.run(run_name)
     if previous and previous["status"] == "done" and (output / "cotdistill.json").is_file():
         store.close()
         return output
-    try:
-        args = TrainConfig(output_dir=str(output / "checkpoints"), **config)
-    except (TypeError, ValueError) as error:
-        raise CotdistillError(f"train: {error}") from None
     _check_objective(args, the_method, roles)
     dev_task, dev = _dev_problems(args)
     options = {"gold_label": True} if args.gold_label else {}
@@ -86,7 +94,7 @@ def train(
     evaluate_dev = _dev_evaluator(dev, the_method, tokenizer, args) if dev else None
     main = PartialState().is_main_process  # under `accelerate launch`, one process keeps the records
     if main:
-        store.start_run(run_name, "train", {**settings, "examples": len(items)})
+        store.start_run(run_name, "train", {**settings, "examples": len(items)}, produced)
     trainer = make_trainer(model, tokenizer, args, items, logprobs, teacher, groups, evaluate_dev)
     for callback in callbacks:
         trainer.add_callback(callback)
