@@ -129,3 +129,12 @@ def test_annotate_status_and_export_through_the_cli(tmp_path):
     exported = run("export", "--run-dir", str(tmp_path), "--out", str(out))
     assert exported.returncode == 0, exported.stderr
     assert len(out.read_text().splitlines()) == 5
+
+
+def test_set_values_are_yaml_but_yes_and_no_stay_words():
+    from cotdistill.cli import _yaml_value
+
+    assert _yaml_value("no") == "no" and _yaml_value("On") == "On"  # save_strategy=no, not False
+    assert _yaml_value("true") is True and _yaml_value("False") is False
+    assert _yaml_value("3") == 3 and _yaml_value("0.0001") == 0.0001
+    assert _yaml_value("[a, b]") == ["a", "b"]

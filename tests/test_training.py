@@ -189,3 +189,19 @@ def test_an_attempt_that_left_no_checkpoint_can_be_retried_with_other_settings(t
     assert (output / "cotdistill.json").is_file()
     with pytest.raises(CotdistillError, match="exists with other settings"):
         train(tmp_path, student=str(tiny_model), max_steps=1, per_device_train_batch_size=4, disable_tqdm=True)
+
+
+def test_a_run_that_cannot_fit_in_memory_stops_before_its_first_step(tmp_path, tiny_model, monkeypatch):
+    """On a machine with too little memory (simulated: 64 MiB free) training refuses at once
+    with what to change; check_memory=False runs anyway."""
+    from cotdistill.train import memory
+
+    annotate(tmp_path, "arith", limit=6)
+    monkeypatch.setattr(memory, "available", lambda device: 64 * 2**20)
+    with pytest.raises(CotdistillError, match=r"needs about .* GiB .* 0\.1 GiB is available: try .*--batch-size|--max-length"):
+        train(tmp_path, student=str(tiny_model), lora=False, max_steps=1, per_device_train_batch_size=8,
+              disable_tqdm=True)
+    assert not (tmp_path / "students" / "student" / "checkpoints").exists()
+    output = train(tmp_path, student=str(tiny_model), lora=False, max_steps=1, per_device_train_batch_size=8,
+                   check_memory=False, disable_tqdm=True)
+    assert (output / "cotdistill.json").is_file()

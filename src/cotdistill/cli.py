@@ -46,6 +46,15 @@ def _pairs(values: list[str] | None, flag: str) -> dict[str, str]:
     return pairs
 
 
+def _yaml_value(text: str) -> Any:
+    """A --set value read as YAML (numbers, lists, true/false), except that YAML 1.1's
+    yes/no/on/off stay words: `--set save_strategy=no` means the strategy "no", not False."""
+    import yaml
+
+    value = yaml.safe_load(text)
+    return text if isinstance(value, bool) and text.strip().lower() not in ("true", "false") else value
+
+
 def _show(result: Any) -> None:
     console.print_json(json.dumps(result, default=str))
 
@@ -145,8 +154,6 @@ def train(
     set_: Annotated[Optional[list[str]], typer.Option("--set", help="Any TrainConfig/TrainingArguments field KEY=VALUE (YAML value).")] = None,
 ) -> None:
     """Fine-tune a student on the kept annotations of one method (resumes from its last checkpoint)."""
-    import yaml
-
     from cotdistill.train import train as run
 
     config: dict[str, Any] = {"lora": lora, "num_train_epochs": epochs, "max_steps": max_steps,
@@ -157,7 +164,7 @@ def train(
                   dev_data=str(dev_data) if dev_data else None, dev_split=dev_split, dev_limit=dev_limit,
                   early_stopping_patience=early_stopping_patience, report_to=report_to)
     config.update({k: v for k, v in chosen.items() if v is not None})  # only what was chosen: older runs still resume
-    config.update({k: yaml.safe_load(v) for k, v in _pairs(set_, "--set").items()})
+    config.update({k: _yaml_value(v) for k, v in _pairs(set_, "--set").items()})
     output = run(run_dir, name=name, student=student, method=method, task=task, roles=role, **config)
     console.print(f"student saved in [bold]{output}[/bold]")
 

@@ -33,6 +33,8 @@ class TrainConfig(TrainingArguments):
     lora_dropout: float = 0.0
     lora_target_modules: str = "all-linear"
     max_length: int = 512  # prompt + completion tokens (each side for seq2seq); longer examples are cut from the end
+    check_memory: bool = field(default=True, metadata={
+        "help": "refuse, before the first step, a run whose estimated peak memory exceeds what is available"})
     # the objective
     objective: str = field(default="sft", metadata={"help": "sft | multitask | mi | kd"})
     alpha: float = field(default=0.5, metadata={"help": "multitask/mi: L = alpha*L_label + (1-alpha)*L_rationale"})

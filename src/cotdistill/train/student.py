@@ -27,7 +27,8 @@ from cotdistill.models import LocalModel, load_model
 from cotdistill.store import Annotation, Store
 from cotdistill.tasks import Problem, get_task
 from cotdistill.train.config import TrainConfig
-from cotdistill.train.data import TokenMap, check_teacher_tokens
+from cotdistill.train import memory
+from cotdistill.train.data import TokenMap, check_teacher_tokens, tokenize_example
 from cotdistill.train.formats import format_examples
 from cotdistill.train.trainer import load_critic, make_trainer
 
@@ -91,6 +92,7 @@ def train(
     _check_model_type(args, student, model)
     teacher = _kd_teacher(args, tokenizer) if args.objective == "kd" and args.kd_teacher else None
     items, logprobs, groups = _items(args, store, the_method, pairs, tokenizer, teacher)
+    memory.check(model, args, _longest(items, model, tokenizer, args), paired=args.objective in ("multitask", "mi"))
     evaluate_dev = _dev_evaluator(dev, the_method, tokenizer, args) if dev else None
     main = PartialState().is_main_process  # under `accelerate launch`, one process keeps the records
     if main:
@@ -194,6 +196,16 @@ def _items(args: TrainConfig, store: Store, method: Method, pairs: list[tuple[An
         logprobs = [a.logprobs for a in annotations]
         check_teacher_tokens(TokenMap(tokenizer), logprobs, str(store.path))
     return items, logprobs, groups
+
+
+def _longest(items: list[Any], model: Any, tokenizer: Any, args: TrainConfig) -> int:
+    """Tokens in the longest training sequence, capped at max_length: what the largest padded
+    batch holds (the 50 longest by characters are tokenized, the rest cannot be longer by much)."""
+    examples = [e for item in items for e in (item.values() if isinstance(item, dict) else [item])]
+    longest = sorted(examples, key=lambda e: len(e.completion) + sum(len(m["content"]) for m in e.messages))[-50:]
+    seq2seq = bool(getattr(model.config, "is_encoder_decoder", False))
+    return max((tokenize_example(tokenizer, e.messages, e.completion, args.max_length, seq2seq)["length"]
+                for e in longest), default=1)
 
 
 def _dev_problems(args: TrainConfig) -> tuple[str | None, list[Problem]]:
