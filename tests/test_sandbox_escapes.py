@@ -197,15 +197,16 @@ def test_annotate_with_a_hostile_teacher(world, tmp_path):
     data.write_text("".join(json.dumps({"id": f"p{i}", "question": f"Escape number {i}?", "answer": "1"}) + "\n"
                             for i in range(len(names))))
     caller: list[int] = []
+    run_dir = tmp_path / "run"
+    targets = {**world, "STORE": str(run_dir / "store.sqlite")}  # the attacks aim at annotate's own store
 
     def reply(messages: list[dict[str, str]]) -> str:
         text = messages[-1]["content"]
         index = int(text.split("Escape number ", 1)[1].split("?", 1)[0])
-        return "```python\n" + _fill(escapes[names[index]], world, caller[0]) + "\n```"
+        return "```python\n" + _fill(escapes[names[index]], targets, caller[0]) + "\n```"
 
     server = StubServer(reply)
     server.start()
-    run_dir = tmp_path / "run"
     env = {**os.environ, "OPENAI_API_KEY": SECRET}
     try:
         process = subprocess.Popen(
