@@ -89,7 +89,7 @@ ESCAPES: dict[str, tuple[str, str, str]] = {
         "try:\n    import socket\nexcept BaseException:\n    pass\nanswer = 1", "forbidden", None),
     "refusal swallowed, the record attacked": (
         "import operator\ntry:\n    open('SECRET_FILE')\nexcept BaseException:\n    pass\n"
-        "try:\n    operator.attrgetter('_sys')(operator).modules['cotdistill.sandbox_worker'].__dict__.clear()\n"
+        "try:\n    operator.attrgetter('_sys')(operator).modules['cotdistill.sandbox_filter'].__dict__.clear()\n"
         "except BaseException:\n    pass\nanswer = 1", "forbidden", None),
 }
 

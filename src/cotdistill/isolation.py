@@ -39,6 +39,7 @@ from typing import Any
 # Landlock UAPI (include/uapi/linux/landlock.h); the syscall numbers are the same on every
 # architecture that has them (the generic table).
 _SYS_CREATE_RULESET, _SYS_ADD_RULE, _SYS_RESTRICT_SELF = 444, 445, 446
+_SYS_CLOSE_RANGE = 436  # generic table too
 _CREATE_RULESET_VERSION = 1
 _RULE_PATH_BENEATH = 1
 _FS = {name: 1 << bit for bit, name in enumerate(
@@ -159,19 +160,32 @@ class Confinement:
             made.missing.append(f"Landlock signal and abstract-socket scoping (ABI 6; this kernel has {made.landlock})")
         return made
 
-    def apply(self) -> None:
-        """Restrict this (child) process for good: no new privileges, Landlock, then seccomp
-        (last, so the calls before it are not themselves filtered)."""
+    def apply(self, keep: int) -> None:
+        """Restrict this (child) process for good: no new privileges, Landlock, every
+        descriptor closed but stdio and `keep`, then seccomp (last, so the calls before it
+        are not themselves filtered)."""
         _prctl(_PR_SET_PDEATHSIG, 9)  # die with the worker, whatever happens to it
         _prctl(_PR_SET_NO_NEW_PRIVS, 1)
         if self._ruleset >= 0:
             _syscall(_SYS_RESTRICT_SELF, self._ruleset, 0)
-            os.close(self._ruleset)
+        _close_all_but(keep)  # the ruleset's descriptor too
         if self._fprog is not None:
             _prctl(_PR_SET_SECCOMP, _SECCOMP_MODE_FILTER, self._fprog)
 
     def report(self) -> dict[str, object]:
         return {"landlock": self.landlock, "seccomp": self.seccomp, "missing": self.missing}
+
+
+def _close_all_but(keep: int) -> None:
+    """One close_range call each side of `keep` (Linux >= 5.9); os.closerange would fall back
+    to one close per number, Landlock hiding /proc/self/fd from it."""
+    try:
+        if keep > 3:
+            _syscall(_SYS_CLOSE_RANGE, 3, keep - 1, 0)
+        _syscall(_SYS_CLOSE_RANGE, keep + 1, 0xFFFFFFFF, 0)
+    except OSError:
+        os.closerange(3, keep)
+        os.closerange(keep + 1, 1 << 16)
 
 
 def _ruleset(abi: int, readable: Iterable[str], writable: str) -> int:

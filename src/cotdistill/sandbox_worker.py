@@ -6,21 +6,11 @@ caller's environment (no API keys, no PYTHONPATH), told explicitly where this pa
 the allowed third-party packages live.
 
 The boundary is the kernel (`isolation.py`): each child is put under Landlock and seccomp
-before the program's first instruction. The Python layers below run inside that boundary
-as a first filter that names what a program tried (and they are all a machine without
-Landlock or seccomp has):
-1. A static check refuses imports outside ALLOWED_IMPORTS, star imports, names such as
-   `open`, `eval`, `getattr`, `attrgetter`, and every private or interpreter-internal
-   attribute (`().__class__.__subclasses__()`, `statistics.random._os`).
-2. Reduced builtins and an `__import__` admitting only ALLOWED_IMPORTS.
-3. An audit hook (PEP 578) refusing files (paths normalised; `os.open` flags read),
-   sockets, processes, signals and ctypes, and holding code compiled at run time (sympy's
-   string parsing, `sympify("__import__('os')...")`) to the static check's name rules.
-   Each refusal is written to the result pipe the moment it happens, so a program that
-   swallows the exception has already been reported: nothing it can reach can unsay it.
-4. Process limits: its own session and process group, stdio on /dev/null, no inherited
-   descriptors but the result pipe, RLIMIT_CPU, RLIMIT_AS, RLIMIT_FSIZE 0; killed at the
-   wall-clock deadline.
+before the program's first instruction. Inside it, the Python-level filter
+(`sandbox_filter.py`: static check, reduced builtins, audit hook) names what a program
+tried, and process limits hold: its own session and process group, stdio on /dev/null, no
+inherited descriptors but the result pipe, RLIMIT_CPU, RLIMIT_AS, RLIMIT_FSIZE 0; killed
+at the wall-clock deadline.
 
 The worker trusts nothing the child writes: it reads at most a fixed number of bytes
 before the deadline and accepts only a dict holding a string answer or a known error. Its
@@ -29,10 +19,8 @@ own memory is capped (RLIMIT_AS); its CPU time per program is the fork and that 
 
 from __future__ import annotations
 
-import ast
 import contextlib
 import fractions
-import importlib.util
 import io
 import json
 import math
@@ -47,175 +35,11 @@ import time
 from typing import Any
 
 from cotdistill.isolation import Confinement
-
-ALLOWED_IMPORTS = {"math", "cmath", "fractions", "decimal", "statistics", "itertools", "functools", "operator",
-                   "collections", "sympy"}
-# The light modules are imported once here, so a child's import is a dictionary lookup. sympy
-# is not: it triples this process's memory and makes every fork 8x slower (4.3 ms vs 0.5 ms
-# measured), so the few programs that use it import it in their child, reading only files
-# under PACKAGE_DIRS, with no bytecode written.
-sys.dont_write_bytecode = True
-for _name in ALLOWED_IMPORTS - {"sympy"}:
-    __import__(_name)
+from cotdistill.sandbox_filter import PACKAGE_DIRS, Forbidden, audit_hook, safe_builtins, static_check
 
 PROGRAM_ERRORS = ("memory", "forbidden", "exception", "no answer", "output")
 MARK = b'{"isolated": true}\n'  # the child's first line: its isolation is in place
 ANSWER_CHARS = 1000
-
-
-def _package_dirs() -> tuple[str, ...]:
-    """Where a child may read files to import: the standard library (without the
-    site-packages inside it) and the allowed third-party packages."""
-    stdlib = os.path.dirname(os.__file__)
-    dirs = [os.path.join(stdlib, entry) for entry in os.listdir(stdlib)
-            if entry not in ("site-packages", "dist-packages")]
-    for name in ("sympy", "mpmath"):
-        spec = importlib.util.find_spec(name)
-        if spec is not None:
-            dirs += list(spec.submodule_search_locations or [])
-    return tuple(os.path.normpath(d) for d in dirs)
-
-
-PACKAGE_DIRS = _package_dirs()
-_PACKAGE_PREFIXES = tuple(d + os.sep for d in PACKAGE_DIRS) + PACKAGE_DIRS
-
-
-DENIED_NAMES = {"open", "eval", "exec", "compile", "__import__", "getattr", "setattr", "delattr", "globals",
-                "locals", "vars", "breakpoint", "input", "help", "memoryview", "__builtins__", "__loader__",
-                "__spec__", "attrgetter", "methodcaller"}
-DENIED_ATTRIBUTES = {"sys", "os", "ctypes", "modules", "builtins", "f_globals", "f_locals", "f_back", "f_builtins",
-                     "gi_frame", "gi_code", "cr_frame", "ag_frame", "tb_frame", "co_code", "func_globals",
-                     "attrgetter", "methodcaller", "sympify", "parse_expr", "lambdify"}
-DENIED_EVENTS = ("open", "os.", "socket.", "subprocess.", "ctypes.", "shutil.", "pty.", "fcntl.", "mmap.",
-                 "resource.", "signal.", "sys.settrace", "sys.setprofile", "sys.addaudithook",
-                 "function.__new__", "code.__new__", "urllib.", "http.", "ftplib.", "smtplib.", "webbrowser.", "glob.",
-                 "tempfile.", "sqlite3.")
-_WRITE_FLAGS = os.O_WRONLY | os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_APPEND
-_BUILTIN_NAMES = (
-    "abs all any ascii bin bool bytearray bytes callable chr complex dict divmod enumerate filter float format frozenset "
-    "hash hex id int isinstance issubclass iter len list map max min next object oct ord pow print range repr "
-    "reversed round set slice sorted str sum tuple type zip __build_class__ "
-    "ArithmeticError AssertionError AttributeError Exception IndexError KeyError LookupError NameError "
-    "OverflowError RecursionError StopIteration TypeError ValueError ZeroDivisionError"
-).split()
-
-
-class Forbidden(BaseException):
-    """Raised by the checks; a BaseException so `except Exception` in a program cannot hide it."""
-
-
-def _guarded_import(name: str, globals: Any = None, locals: Any = None, fromlist: Any = (), level: int = 0) -> Any:
-    if level or name.split(".")[0] not in ALLOWED_IMPORTS:
-        raise Forbidden(f"import of {name!r} is not allowed")
-    return __import__(name, globals, locals, fromlist, level)
-
-
-def _builtins() -> dict[str, Any]:
-    import builtins
-
-    safe = {name: getattr(builtins, name) for name in _BUILTIN_NAMES}
-    safe["__import__"] = _guarded_import
-    return safe
-
-
-# Attributes that lead from any object to the interpreter's internals: run-time code (which
-# sympy and mpmath generate, using single-underscore internals and `__class__`) may not name them.
-ESCAPE_ATTRIBUTES = {"__subclasses__", "__bases__", "__base__", "__mro__", "__globals__", "__builtins__", "__self__",
-                     "__code__", "__closure__", "__dict__", "__getattribute__", "__reduce__", "__reduce_ex__",
-                     "__import__", "__loader__", "__spec__", "__func__", "__traceback__", "__getattr__"}
-
-
-def denied_name(tree: ast.AST, private: bool) -> str | None:
-    """The first denied name or attribute in `tree`; `private`: every `_x` attribute (the
-    program's own code), else the escape attributes only (code compiled at run time)."""
-    for node in ast.walk(tree):
-        if isinstance(node, ast.Name) and node.id in DENIED_NAMES:
-            return f"name {node.id!r}"
-        if isinstance(node, ast.Attribute) and (
-                node.attr in DENIED_ATTRIBUTES or node.attr.startswith("_") if private
-                else node.attr in DENIED_ATTRIBUTES | ESCAPE_ATTRIBUTES):
-            return f"attribute {node.attr!r}"
-    return None
-
-
-def static_check(code: str) -> ast.Module:
-    """Parse and refuse what the program may not name (raises Forbidden or SyntaxError)."""
-    tree = ast.parse(code, "<program>")
-    what = denied_name(tree, private=True)
-    if what:
-        raise Forbidden(f"{what} is not allowed")
-    for node in ast.walk(tree):
-        if isinstance(node, ast.Import | ast.ImportFrom):
-            modules = [a.name for a in node.names] if isinstance(node, ast.Import) else [node.module or ""]
-            for module in modules:
-                if node.__dict__.get("level") or module.split(".")[0] not in ALLOWED_IMPORTS:
-                    raise Forbidden(f"import of {module!r} is not allowed")
-            if isinstance(node, ast.ImportFrom) and any(
-                    a.name == "*" or a.name.startswith("_") or a.name in DENIED_ATTRIBUTES | DENIED_NAMES
-                    for a in node.names):
-                raise Forbidden("importing private, internal or all (*) names is not allowed")
-    return tree
-
-
-def refusal(event: str, args: tuple[Any, ...]) -> str | None:
-    """What the audit event attempts, if the program may not do it."""
-    if event == "compile":
-        return _dynamic_code(args)
-    if not event.startswith(DENIED_EVENTS) or _importing(event, args):
-        return None
-    return f"{event} {args[0]!r}" if event in ("open", "os.listdir", "os.scandir") and args else event
-
-
-def _importing(event: str, args: tuple[Any, ...]) -> bool:
-    """A lazy import by an allowed package (sympy imports much of the standard library):
-    listing or reading, never writing, under PACKAGE_DIRS, the path normalised first."""
-    if event not in ("open", "os.listdir", "os.scandir") or not args or not isinstance(args[0], str):
-        return False
-    path = os.path.normpath(args[0])
-    if not os.path.isabs(path) or not (path + os.sep).startswith(_PACKAGE_PREFIXES):
-        return False
-    if event != "open":
-        return True
-    mode = args[1] if len(args) > 1 and isinstance(args[1], str) else "r"
-    flags = args[2] if len(args) > 2 and isinstance(args[2], int) else 0
-    return not set(mode) & set("wax+") and not flags & _WRITE_FLAGS
-
-
-def _dynamic_code(args: tuple[Any, ...]) -> str | None:
-    """Source compiled at run time (not an allowed package's file) is held to the name rules."""
-    source, filename = (args + (None, None))[:2]
-    if isinstance(filename, str) and os.path.normpath(filename).startswith(_PACKAGE_PREFIXES):
-        return None
-    try:
-        tree = source if isinstance(source, ast.AST) else ast.parse(source or "")
-    except (SyntaxError, ValueError, TypeError):
-        return None  # compile itself rejects it
-    what = denied_name(tree, private=False)
-    return f"code compiled at run time naming {what}" if what else None
-
-
-def _audit_hook(out: int) -> Any:
-    """The hook reports each refusal on the result pipe before raising, so it is on record
-    whatever the program does next; if it cannot report, the process ends with no reply."""
-    busy = [False]  # the hook's own ast.parse raises a nested compile event
-
-    def hook(event: str, args: tuple[Any, ...]) -> None:
-        if busy[0]:
-            return
-        busy[0] = True
-        try:
-            what = refusal(event, args)
-        finally:
-            busy[0] = False
-        if what is None:
-            return
-        try:
-            os.write(out, json.dumps({"refused": what[:200]}).encode() + b"\n")
-        except OSError:
-            os._exit(70)
-        raise Forbidden(f"{what} is not allowed")
-
-    return hook
 
 
 def fmt(value: Any) -> str:
@@ -234,8 +58,8 @@ def execute(code: str, out: int, limits: dict[str, Any], python_filter: bool) ->
     try:
         if python_filter:
             program = compile(static_check(code), "<program>", "exec")
-            namespace: dict[str, Any] = {"__builtins__": _builtins(), "__name__": "__sandbox__"}
-            sys.addaudithook(_audit_hook(out))
+            namespace: dict[str, Any] = {"__builtins__": safe_builtins(), "__name__": "__sandbox__"}
+            sys.addaudithook(audit_hook(out))
         else:
             program = compile(code, "<program>", "exec")
             namespace = {"__name__": "__sandbox__"}
@@ -273,12 +97,10 @@ def child(code: str, config: dict[str, Any], isolation: Confinement, workdir: st
     resource.setrlimit(resource.RLIMIT_AS, (memory, memory))
     resource.setrlimit(resource.RLIMIT_FSIZE, (0, 0))
     try:
-        isolation.apply()
+        isolation.apply(keep=out)  # nothing of the worker's but the result pipe stays open
     except Exception as error:
         os.write(out, json.dumps({"unavailable": f"the kernel refused the isolation: {error}"}).encode() + b"\n")
         return
-    os.closerange(3, out)  # nothing of the worker's but the result pipe stays open
-    os.closerange(out + 1, 1 << 16)
     os.write(out, MARK)
     result = json.dumps(execute(code, out, limits, config["python_filter"]))
     os.write(out, result.encode("utf-8", "backslashreplace") + b"\n")
