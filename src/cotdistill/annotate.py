@@ -27,7 +27,7 @@ from typing import Any
 
 from tqdm.auto import tqdm
 
-from cotdistill.errors import CotdistillError, EnvironmentProblem, at_least
+from cotdistill.errors import CotdistillError, EnvironmentProblem, check_generation_options
 from cotdistill.methods import Method, get_method
 from cotdistill.methods.base import check_answer
 from cotdistill.models import Completion, LocalModel, Messages
@@ -78,9 +78,7 @@ def annotate(
     with a decomposition for it to be kept. `status` only reports done/pending/spend.
     `weak_sandbox` lets a model's programs run where the kernel sandbox is incomplete.
     """
-    for option, value, low in (("--samples", samples, 1), ("--max-new-tokens", max_new_tokens, 1),
-                               ("--batch-size", batch_size, 1), ("--limit", limit, 1), ("--temperature", temperature, 0)):
-        at_least(option, value, low)
+    check_generation_options(samples, max_new_tokens, batch_size, limit, temperature)
     if teacher == GOLD and samples != 1:
         raise CotdistillError("the gold teacher has one rationale per problem: use --samples 1")
     the_task = get_task(task, fields, options)

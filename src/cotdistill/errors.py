@@ -20,3 +20,11 @@ def at_least(name: str, value: float | None, low: float, *, strictly: bool = Fal
     Checked where the Python functions start, so the CLI, recipes and the API share it."""
     if value is not None and (value <= low if strictly else value < low):
         raise CotdistillError(f"{name} must be {'>' if strictly else '>='} {low:g}, not {value:g}")
+
+
+def check_generation_options(samples: int, max_new_tokens: int, batch_size: int, limit: int | None,
+                             temperature: float) -> None:
+    """The ranges of the options annotate and eval share."""
+    for option, value, low in (("--samples", samples, 1), ("--max-new-tokens", max_new_tokens, 1),
+                               ("--batch-size", batch_size, 1), ("--limit", limit, 1), ("--temperature", temperature, 0)):
+        at_least(option, value, low)

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from cotdistill.answers import extract_flexible, is_correct
-from cotdistill.errors import EnvironmentProblem, at_least
+from cotdistill.errors import EnvironmentProblem, check_generation_options
 from cotdistill.methods import get_method
 from cotdistill.models.openai_api import load_backend
 from cotdistill.pipeline import Settings, Trace, check_pipeline, run_pipeline, vote
@@ -61,9 +61,7 @@ def evaluate(
     openai:MODEL). `samples` > 1 with temperature > 0 adds self-consistency voting.
     `api` sets the OpenAI-compatible backend (APIConfig fields: base_url, prices, ...).
     `weak_sandbox` lets the model's programs run where the kernel sandbox is incomplete."""
-    for option, value, low in (("--samples", samples, 1), ("--max-new-tokens", max_new_tokens, 1),
-                               ("--batch-size", batch_size, 1), ("--limit", limit, 1), ("--temperature", temperature, 0)):
-        at_least(option, value, low)
+    check_generation_options(samples, max_new_tokens, batch_size, limit, temperature)
     the_task = get_task(task, fields, options)
     the_method = get_method(method)  # an unknown method fails here, before any data or model is loaded
     stages = dict(models or {"model": model})
@@ -82,8 +80,8 @@ def evaluate(
                                   "max_new_tokens": max_new_tokens, "problems": len(problems)}
         if pipeline != "single" or models or samples != 1:  # recorded only when used, so older runs still resume
             config.update(pipeline=pipeline, models=stages, samples=samples)
-        store.start_run(run, "eval", config, produced=bool(store.predicted(run)))
         done = store.predicted(run)
+        store.start_run(run, "eval", config, produced=bool(done))
         pending = [p for p in problems if any((p.id, s) not in done for s in range(samples))]
         if pending:
             backends = {path: load_backend(path, api, batch_size) for path in dict.fromkeys(paths.values())}

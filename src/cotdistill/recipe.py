@@ -57,7 +57,7 @@ def _check_arguments(path: Path, index: int, verb: str, arguments: dict[str, Any
     hints = _hints(STEPS[verb])
     if verb == "train":
         hints = {**_hints(TrainConfig), **hints}
-    accepted = (set(inspect.signature(STEPS[verb]).parameters) | set(hints)) - {"run_dir", "config", "return"}
+    accepted = set(inspect.signature(STEPS[verb]).parameters) - {"run_dir", "config"}
     if verb == "train":
         accepted |= set(TrainConfig.__dataclass_fields__)
     unknown = set(arguments) - accepted

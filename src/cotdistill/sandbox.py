@@ -114,9 +114,10 @@ class _Worker:
     def __init__(self, limits: Limits, python_filter: bool):
         self.limits = limits
         self.config = json.dumps({"limits": asdict(limits), "python_filter": python_filter})
-        self.process, self.isolation = self._start()
+        self._start()
 
-    def _start(self) -> tuple[subprocess.Popen[bytes], Isolation]:
+    def _start(self) -> None:
+        """A fresh worker process, its hello read and its isolation report kept."""
         errors: IO[bytes] = tempfile.TemporaryFile()
         paths = _search_path()
         process = subprocess.Popen(
@@ -126,8 +127,8 @@ class _Worker:
         self.process, self._buffer = process, b""
         try:
             hello = json.loads(self._read_line(_START_SECONDS, 65536))
-            isolation = Isolation(hello["isolation"]["landlock"], hello["isolation"]["seccomp"],
-                                  tuple(hello["isolation"]["missing"]))
+            self.isolation = Isolation(hello["isolation"]["landlock"], hello["isolation"]["seccomp"],
+                                       tuple(hello["isolation"]["missing"]))
         except (_Broken, ValueError, KeyError, TypeError):
             process.kill()
             process.wait()
@@ -137,7 +138,6 @@ class _Worker:
                                      f"{lines[-1] if lines else 'no message'}") from None
         finally:
             errors.close()
-        return process, isolation
 
     def _read_line(self, seconds: float, cap: int) -> bytes:
         """One reply line, within `seconds` and `cap` bytes, or _Broken."""
@@ -171,7 +171,7 @@ class _Worker:
 
     def restart(self) -> None:
         self.kill()
-        self.process, self.isolation = self._start()
+        self._start()
 
     def kill(self) -> None:
         self.process.kill()

@@ -12,6 +12,8 @@ from dataclasses import dataclass, field
 import torch
 from transformers import TrainingArguments
 
+from cotdistill.errors import at_least
+
 OBJECTIVES = ("sft", "multitask", "mi", "kd")
 MI_ESTIMATORS = ("learned", "soft-ce")
 FORMATS = ("zero-shot-cot", "zero-shot-answer", "few-shot-cot", "few-shot-answer")
@@ -85,10 +87,8 @@ class TrainConfig(TrainingArguments):
                 raise ValueError(f"{name} must be one of {', '.join(allowed)}, not {value!r}")
         for option, value, low in (("batch size", self.per_device_train_batch_size, 1), ("max_length", self.max_length, 1),
                                    ("gradient_accumulation_steps", self.gradient_accumulation_steps, 1)):
-            if value < low:
-                raise ValueError(f"{option} must be >= {low}, not {value}")
-        if self.learning_rate <= 0:
-            raise ValueError(f"learning_rate must be > 0, not {self.learning_rate:g}")
+            at_least(option, value, low)
+        at_least("learning_rate", self.learning_rate, 0, strictly=True)
         if self.num_train_epochs <= 0 and self.max_steps <= 0:
             raise ValueError("epochs must be > 0 (or max_steps set): a student trained for no step is not trained")
         unknown = set(self.format_list) - set(FORMATS)

@@ -89,8 +89,9 @@ def check(model: Any, args: Any, longest: int, paired: bool) -> Estimate:
     if not args.check_memory or free is None or guess.peak <= HEADROOM * free:
         return guess
     budget = HEADROOM * free - guess.static
-    fits = int(budget // (guess.per_sequence * (2 if paired else 1))) if budget > 0 else 0
     batch = args.per_device_train_batch_size
+    per_example = guess.per_sequence * guess.sequences / batch  # one sequence, or a label/rationale pair
+    fits = int(budget // per_example) if budget > 0 else 0
     advice = [] if args.lora else ["--lora"]
     if fits:
         steps = math.ceil(batch / fits)

@@ -92,7 +92,7 @@ def train(
     _check_model_type(args, student, model)
     teacher = _kd_teacher(args, tokenizer) if args.objective == "kd" and args.kd_teacher else None
     items, logprobs, groups = _items(args, store, the_method, pairs, tokenizer, teacher)
-    memory.check(model, args, _longest(items, model, tokenizer, args), paired=args.objective in ("multitask", "mi"))
+    memory.check(model, args, _longest(items, model, tokenizer, args), paired=isinstance(items[0], dict))
     evaluate_dev = _dev_evaluator(dev, the_method, tokenizer, args) if dev else None
     main = PartialState().is_main_process  # under `accelerate launch`, one process keeps the records
     if main:
