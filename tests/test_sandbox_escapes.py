@@ -271,3 +271,27 @@ def test_weak_kernel_refuses_model_programs_unless_accepted(monkeypatch, tmp_pat
     assert not (tmp_path / "run").exists()
     assert sandbox.require_sandbox(model_written=True, accept_weak=True) is weak
     assert annotate(tmp_path / "gold", "arith", limit=3, method="pot")["kept"] == 3
+
+
+def test_a_system_without_the_linux_calls_reports_them_missing_and_still_runs(monkeypatch):
+    """Off Linux no Linux syscall number is ever sent (it would name another call there):
+    Landlock shows as missing, and a child applies what is left without failing."""
+    from cotdistill import isolation
+
+    monkeypatch.setattr(isolation, "_LINUX", False)
+    assert isolation.landlock_abi() == 0
+    made = isolation.Confinement.build([], "/tmp")
+    assert (made.landlock, made.seccomp) == (0, False)
+    assert [m.split(" ")[0] for m in made.missing] == ["Landlock", "seccomp"], made.missing
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        try:
+            made.apply(keep=write)
+            os.write(write, b"applied")
+        finally:
+            os._exit(0)
+    os.close(write)
+    assert os.read(read, 100) == b"applied"
+    os.close(read)
+    os.waitpid(pid, 0)

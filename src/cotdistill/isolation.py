@@ -32,6 +32,7 @@ import ctypes
 import errno
 import os
 import stat
+import sys
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
@@ -95,13 +96,18 @@ class _SockFprog(ctypes.Structure):
     _fields_ = [("len", ctypes.c_ushort), ("filter", ctypes.c_void_p)]
 
 
+# The syscall numbers and prctl options here are Linux's: elsewhere they would name other
+# calls, so on another system every one of them refuses (ENOSYS) and the layers show as missing.
+_LINUX = sys.platform.startswith("linux")
 _libc = ctypes.CDLL(None, use_errno=True)
 # Resolved here, in the worker: a lookup in each forked child would cost ~0.4 ms a program.
-_libc_syscall, _libc_prctl = _libc.syscall, _libc.prctl
+_libc_syscall, _libc_prctl = _libc.syscall, getattr(_libc, "prctl", None)
 _libc_syscall.restype = ctypes.c_long
 
 
 def _syscall(number: int, *args: object) -> int:
+    if not _LINUX:
+        raise OSError(errno.ENOSYS, "not Linux")
     result = _libc_syscall(number, *args)
     if result < 0:
         code = ctypes.get_errno()
@@ -110,6 +116,8 @@ def _syscall(number: int, *args: object) -> int:
 
 
 def _prctl(option: int, *args: object) -> None:
+    if not _LINUX or _libc_prctl is None:
+        raise OSError(errno.ENOSYS, "not Linux")
     if _libc_prctl(option, *args, *(0,) * (4 - len(args))) != 0:
         code = ctypes.get_errno()
         raise OSError(code, os.strerror(code))
@@ -164,8 +172,9 @@ class Confinement:
         """Restrict this (child) process for good: no new privileges, Landlock, every
         descriptor closed but stdio and `keep`, then seccomp (last, so the calls before it
         are not themselves filtered)."""
-        _prctl(_PR_SET_PDEATHSIG, 9)  # die with the worker, whatever happens to it
-        _prctl(_PR_SET_NO_NEW_PRIVS, 1)
+        if _LINUX:
+            _prctl(_PR_SET_PDEATHSIG, 9)  # die with the worker, whatever happens to it
+            _prctl(_PR_SET_NO_NEW_PRIVS, 1)
         if self._ruleset >= 0:
             _syscall(_SYS_RESTRICT_SELF, self._ruleset, 0)
         _close_all_but(keep)  # the ruleset's descriptor too
@@ -211,6 +220,8 @@ def _ruleset(abi: int, readable: Iterable[str], writable: str) -> int:
 
 def _seccomp_filter() -> ctypes.Array[ctypes.c_char]:
     """The compiled BPF program (libseccomp checks the architecture and the x32 ABI)."""
+    if not _LINUX:
+        raise OSError(errno.ENOSYS, "seccomp is Linux's")
     try:  # by soname: ctypes.util.find_library would make every fork of the worker ~0.8 ms slower
         lib = ctypes.CDLL("libseccomp.so.2", use_errno=True)
     except OSError:
