@@ -17,7 +17,7 @@ def run(*args: str, cwd=None) -> subprocess.CompletedProcess:
 def test_help_lists_every_verb():
     result = run("--help")
     assert result.returncode == 0
-    for verb in ("annotate", "train", "eval", "report", "run", "quickstart"):
+    for verb in ("annotate", "train", "eval", "report", "run", "recipes", "quickstart"):
         assert verb in result.stdout
 
 
@@ -42,6 +42,8 @@ def test_help_lists_every_verb():
     (["train", "--objective", "mixup"], "objective must be one of sft, multitask, mi, kd"),
     (["train", "--formats", "zero-shot-cot,chatty"], "unknown format(s) chatty"),
     (["run", "{tmp}/recipe.yaml"], "step 1 (eval): unknown argument(s) modle"),
+    (["run", "kpdd", "--scale", "huge"], "no scale 'huge' (scales: small, full)"),
+    (["run", "kpdd", "--set", "nope=1"], "no variable(s) nope to set"),
     # numbers out of range, whichever verb
     (["annotate", "--teacher", "openai:m", "--base-url", "http://127.0.0.1:9/v1", "--concurrency", "0"],
      "--concurrency must be >= 1, not 0"),

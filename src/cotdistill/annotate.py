@@ -34,7 +34,7 @@ from cotdistill.models import Completion, LocalModel, Messages
 from cotdistill.models.openai_api import PREFIX as API_PREFIX
 from cotdistill.models.openai_api import Budget, OpenAITeacher, api_config, load_backend
 from cotdistill.sandbox import require_sandbox
-from cotdistill.store import Annotation, Store, request_key
+from cotdistill.store import Annotation, Store, model_in_run, request_key
 from cotdistill.tasks import Problem, get_task
 
 GOLD = "gold"
@@ -139,7 +139,7 @@ def annotate(
             finally:
                 writer.close()  # what finished is stored even when the run is interrupted
     if verify_with and not status:
-        result["verified"] = _verify(store, the_method, requests, load_backend(verify_with, api, batch_size),
+        result["verified"] = _verify(store, the_method, requests, load_backend(model_in_run(run_dir, verify_with), api, batch_size),
                                      max_new_tokens)
     summary = {"problems": len(problems), "requests": len(requests), "new": 0 if status else len(pending),
                **store.annotation_status(keys), **result}

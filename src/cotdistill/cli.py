@@ -225,14 +225,27 @@ def report(run_dir: RunDir = Path("runs/default")) -> None:
 
 @app.command("run")
 def run_recipe(
-    recipe: Annotated[str, typer.Argument(help="A recipe YAML file, or the name of a bundled one (quickstart).")],
+    recipe: Annotated[str, typer.Argument(help="A recipe YAML file, or the name of a bundled one (`cotdistill recipes`).")],
     run_dir: Annotated[Optional[Path], typer.Option("--run-dir", "-r", help="Override the recipe's run_dir.")] = None,
+    scale: Annotated[Optional[str], typer.Option(help="One of the recipe's scales (default: its first), e.g. small or full.")] = None,
+    set_: Annotated[Optional[list[str]], typer.Option("--set", help="Override a recipe variable NAME=VALUE (YAML value), e.g. data=/path/to/data.")] = None,
 ) -> None:
     """Run a recipe's steps in order; rerunning resumes it."""
     from cotdistill.recipe import run_recipe as run
 
-    out = run(recipe, run_dir)
+    out = run(recipe, run_dir, scale=scale, settings={k: _yaml_value(v) for k, v in _pairs(set_, "--set").items()})
     console.print(f"done: {out}")
+
+
+@app.command()
+def recipes() -> None:
+    """List the bundled recipes (run one with `cotdistill run NAME --scale small|full`)."""
+    from cotdistill.recipe import bundled_recipes
+
+    table = Table("recipe", "what it is")
+    for name, about in bundled_recipes().items():
+        table.add_row(name, about)
+    console.print(table)
 
 
 @app.command()

@@ -20,9 +20,8 @@ from cotdistill.methods import get_method
 from cotdistill.models.openai_api import load_backend
 from cotdistill.pipeline import Settings, Trace, check_pipeline, run_pipeline, vote
 from cotdistill.sandbox import require_sandbox
-from cotdistill.store import Prediction, Store
+from cotdistill.store import Prediction, Store, model_in_run
 from cotdistill.tasks import Problem, get_task
-from cotdistill.train.student import STUDENT_NAME, student_dir
 
 
 def wilson_interval(successes: int, n: int, z: float = 1.96) -> tuple[float, float]:
@@ -72,7 +71,7 @@ def evaluate(
     store = Store(run_dir)
     try:
         store.add_problems(the_task.name, split, problems)
-        paths = {stage: _model_path(run_dir, name_) for stage, name_ in stages.items()}
+        paths = {stage: model_in_run(run_dir, name_) for stage, name_ in stages.items()}
         label = model if stages == {"model": model} else ",".join(f"{k}={v}" for k, v in stages.items())
         run = name or f"eval:{label}:{the_task.name}:{split}" + ("" if pipeline == "single" else f":{pipeline}")
         config: dict[str, Any] = {"model": label, "model_path": paths.get("model", ""), "task": the_task.name,
@@ -124,14 +123,6 @@ def _predict(store: Store, run: str, pending: Sequence[Problem], by_stage: dict[
         if failed_here * 2 >= len(batch) * samples:
             break
     return failed, sent, reason
-
-
-def _model_path(run_dir: str | Path, name: str) -> str:
-    """A student of this run by name, or the name as given."""
-    if not STUDENT_NAME.fullmatch(name):
-        return name
-    trained = student_dir(run_dir, name)
-    return str(trained) if trained.is_dir() else name
 
 
 def _prediction(run: str, problem: Any, sample: int, trace: Trace) -> Prediction:

@@ -31,6 +31,7 @@ def eval_rows(store: Store) -> list[dict[str, Any]]:
             "s/problem": round(m["seconds_per_problem"], 3),
             "_low": 100 * m["ci95_low"], "_high": 100 * m["ci95_high"],
             "_all_tokens": m["prompt_tokens_per_problem"] + m["completion_tokens_per_problem"],
+            "_arm": _arm(run["name"], c["task"], c["split"]),
         })
     return rows
 
@@ -46,7 +47,8 @@ def report(run_dir: str | Path) -> str:
         writer = csv.DictWriter(handle, COLUMNS, extrasaction="ignore")
         writer.writeheader()
         writer.writerows(rows)
-    lines = ["| " + " | ".join(COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
+    lines = _by_task(rows)
+    lines += ["| " + " | ".join(COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
     lines += ["| " + " | ".join(str(r[c]) for c in COLUMNS) + " |" for r in rows]
     if trainings:
         lines += ["", "| student | method | examples | LoRA | steps | first loss | last loss | minutes |",
@@ -61,6 +63,26 @@ def report(run_dir: str | Path) -> str:
     if rows:
         _plot(rows, run_dir / "report.png")
     return markdown
+
+
+def _arm(run: str, task: str, split: str) -> str:
+    """What was evaluated, without where: `cot:svamp:test` and `cot:gsm8k:dev` are arm `cot`
+    (a recipe's `sets:` evals), `eval:m:svamp:test` is `eval:m`."""
+    return run.replace(f":{task}:{split}", "", 1)
+
+
+def _by_task(rows: list[dict[str, Any]]) -> list[str]:
+    """Where some arm was evaluated on several sets, a table of arms x sets (strict %, n),
+    the way papers set out a comparison; the full table follows it."""
+    sets = list(dict.fromkeys(f"{r['task']}:{r['split']}" for r in rows))
+    arms = list(dict.fromkeys(r["_arm"] for r in rows))
+    if len(sets) < 2 or len(arms) == len(rows):
+        return []
+    cell = {(r["_arm"], f"{r['task']}:{r['split']}"): f"{r['strict %']} ({r['n']})" for r in rows}
+    lines = ["strict accuracy % (n) per evaluation set:", "",
+             "| arm | " + " | ".join(sets) + " |", "|---|" + "---|" * len(sets)]
+    lines += ["| " + arm + " | " + " | ".join(cell.get((arm, s), "-") for s in sets) + " |" for arm in arms]
+    return [*lines, ""]
 
 
 def _fmt(value: float | None) -> str:

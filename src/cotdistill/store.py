@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 import sqlite3
 import time
 from collections.abc import Iterable, Iterator, Sequence
@@ -19,6 +20,24 @@ from typing import Any
 
 from cotdistill.errors import CotdistillError, EnvironmentProblem
 from cotdistill.tasks import Problem
+
+STUDENT_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+-]{0,99}")
+
+
+def student_dir(run_dir: str | Path, name: str) -> Path:
+    """Where student `name` lives: a plain name, so nothing lands outside the run directory."""
+    if not STUDENT_NAME.fullmatch(name or ""):
+        raise CotdistillError(f"student name {name!r}: use letters, digits and . _ + - (no path, at most 100)")
+    return Path(run_dir) / "students" / name
+
+
+def model_in_run(run_dir: str | Path, name: str) -> str:
+    """A model named on the command line: a student of this run by name, else the name as
+    given (an alias, a directory, a hub id, openai:MODEL)."""
+    if not STUDENT_NAME.fullmatch(name):
+        return name
+    trained = student_dir(run_dir, name)
+    return str(trained) if trained.is_dir() else name
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS problems (

@@ -54,7 +54,12 @@ class DatasetTask:
 
     def load(self, data: str | Path | None = None, split: str = "train", limit: int | None = None) -> list[Problem]:
         """`split` names the hub split; a local file is one split, except that with
-        `dev_size` its `train` leaves out, and its `dev` is, the seeded dev problems."""
+        `dev_size` its `train` leaves out, and its `dev` is, the seeded dev problems. A
+        slice as in `datasets` (`dev[400:]`, `test[:900]`) takes part of a split, so a
+        checkpoint can be chosen on problems the report never scores."""
+        split, part = _split_slice(split)
+        if part != slice(None):
+            return self.load(data, split)[part][:limit]
         carve = self.dev_size > 0 and split in ("train", "dev")
         rows = read_records(data) if data is not None else self._hub_records("train" if carve else split)
         if not carve:
@@ -131,6 +136,20 @@ class ArithTask:
             return arith.generate(split, limit or self.size, seed=self.seed, steps=self.steps)
         except ValueError as error:
             raise CotdistillError(str(error)) from None
+
+
+SLICE = re.compile(r"(\w+)\[(-?\d*):(-?\d*)\]")
+
+
+def _split_slice(split: str) -> tuple[str, slice]:
+    """`dev[400:]` -> ("dev", slice(400, None)); a plain name -> (name, slice(None))."""
+    match = SLICE.fullmatch(split)
+    if not match:
+        if "[" in split:
+            raise CotdistillError(f"split {split!r}: a part of a split is written NAME[START:END], e.g. dev[400:]")
+        return split, slice(None)
+    name, start, end = match.groups()
+    return name, slice(int(start) if start else None, int(end) if end else None)
 
 
 def _unique(located: list[tuple[str, Problem]]) -> list[Problem]:

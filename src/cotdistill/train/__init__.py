@@ -1,6 +1,6 @@
 """Student training: every objective on top of transformers' Trainer."""
 
 from cotdistill.train.config import TrainConfig
-from cotdistill.train.student import student_dir, train
+from cotdistill.train.student import train
 
-__all__ = ["TrainConfig", "student_dir", "train"]
+__all__ = ["TrainConfig", "train"]

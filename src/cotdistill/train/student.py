@@ -10,7 +10,6 @@ tokenizer and a `cotdistill.json` of what produced it land in `RUN_DIR/students/
 from __future__ import annotations
 
 import json
-import re
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -24,23 +23,13 @@ from transformers.trainer_utils import get_last_checkpoint
 from cotdistill.errors import CotdistillError
 from cotdistill.methods import Method, get_method, stored_examples
 from cotdistill.models import LocalModel, load_model
-from cotdistill.store import Annotation, Store
+from cotdistill.store import Annotation, Store, student_dir
 from cotdistill.tasks import Problem, get_task
 from cotdistill.train.config import TrainConfig
 from cotdistill.train import memory
 from cotdistill.train.data import TokenMap, check_teacher_tokens, tokenize_example
 from cotdistill.train.formats import format_examples
 from cotdistill.train.trainer import load_critic, make_trainer
-
-
-STUDENT_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+-]{0,99}")
-
-
-def student_dir(run_dir: str | Path, name: str) -> Path:
-    """Where student `name` lives: a plain name, so nothing lands outside the run directory."""
-    if not STUDENT_NAME.fullmatch(name or ""):
-        raise CotdistillError(f"student name {name!r}: use letters, digits and . _ + - (no path, at most 100)")
-    return Path(run_dir) / "students" / name
 
 
 def train(
