@@ -17,7 +17,7 @@ def run(*args: str, cwd=None) -> subprocess.CompletedProcess:
 def test_help_lists_every_verb():
     result = run("--help")
     assert result.returncode == 0
-    for verb in ("annotate", "train", "eval", "report", "run", "recipes", "quickstart"):
+    for verb in ("annotate", "train", "eval", "export-model", "report", "run", "recipes", "quickstart"):
         assert verb in result.stdout
 
 
@@ -69,6 +69,8 @@ def test_help_lists_every_verb():
     (["annotate", "--run-dir", "{tmp}/afile"], "run directory"),
     (["annotate", "--run-dir", "{tmp}/afile/sub"], "run directory"),
     (["export", "--out", "{tmp}"], "is a directory; give a .jsonl file path"),
+    (["export-model", "--student", "nobody", "--out", "{tmp}/model"], "no trained student 'nobody' in this run"),
+    (["export-model", "--dtype", "int4"], "--dtype int4: one of float32, bfloat16, float16"),
     (["annotate", "--teacher", "openai:http://127.0.0.1:9/v1"], "give the model's name after openai:"),
 ])
 def test_bad_input_is_one_line_and_exit_code_2(tmp_path, args, message):

@@ -122,6 +122,22 @@ def export(
     _show(run(run_dir, out, method=method, format=format, task=task, roles=role))
 
 
+@app.command("export-model")
+def export_model(
+    run_dir: RunDir = Path("runs/default"),
+    student: Annotated[str, typer.Option(help="The student's name in this run (see `cotdistill report`).")] = "student",
+    out: Annotated[Path, typer.Option("--out", "-o", help="A new or empty directory for the model.")] = Path("model"),
+    dtype: Annotated[str, typer.Option(help="Weights as float32, bfloat16 or float16.")] = "float32",
+    max_new_tokens: Annotated[int, typer.Option(min=1, help="The generation config's max new tokens.")] = 256,
+    push_to_hub: Annotated[Optional[str], typer.Option(help="Also upload the directory to this Hugging Face repo (online).")] = None,
+) -> None:
+    """Write a student as a standalone Hugging Face model (LoRA merged, safetensors, tokenizer with its chat
+    template, generation config, model card): transformers, `vllm serve` and llama.cpp's converter take it."""
+    from cotdistill.export_model import export_model as run
+
+    _show(run(run_dir, student, out, dtype=dtype, max_new_tokens=max_new_tokens, push_to_hub=push_to_hub))
+
+
 @app.command()
 def train(
     run_dir: RunDir = Path("runs/default"),
