@@ -21,6 +21,7 @@ import queue
 import threading
 import time
 from collections.abc import Sequence
+from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -104,43 +105,48 @@ def annotate(
             key = request_key(teacher, the_method.name, messages, sampling, sample)
             requests.append(Request(key, problem, sample, messages))
     keys = [r.key for r in requests]
-    done = store.annotation_keys(keys)
-    pending = [r for r in requests if r.key not in done]
-    result: dict[str, Any] = {}
-    if pending and not status:
-        with tqdm(total=len(requests), initial=len(requests) - len(pending), desc=f"annotate {method}",
-                  unit="req") as bar:
-            writer = _Writer(store, the_task.name, split, the_method, teacher, bar)
-            try:
-                if teacher == GOLD:
-                    for request in pending:
-                        writer.add(request, _gold_completion(the_method, request.problem))
-                elif config is not None:
-                    spent = store.annotation_spend(keys)
-                    budget = Budget(config, spent["cost"], spent["prompt_tokens"] + spent["completion_tokens"])
-                    backend = OpenAITeacher(config)
-                    counts = backend.run([(r.messages, seed + r.sample) for r in pending], max_new_tokens,
-                                         temperature, the_method.stop, budget, lambda i, c: writer.add(pending[i], c))
-                    result = {"failed": counts["failed"], "refused": counts["refused"], "retries": backend.retries,
-                              "stopped_by_budget": budget.exhausted, "not_sent": counts["skipped"]}
-                    if backend.refusal:
-                        result["first_refusal"] = backend.refusal
-                    if backend.failure:
-                        result["first_failure"] = backend.failure
-                else:
-                    model = LocalModel(teacher, batch_size=batch_size)
-                    chunk = max(batch_size, 1) * 4
-                    for start in range(0, len(pending), chunk):
-                        batch = pending[start : start + chunk]
-                        completions = model.generate([r.messages for r in batch], max_new_tokens, temperature,
-                                                     the_method.stop, seed + start)
-                        for request, completion in zip(batch, completions):
-                            writer.add(request, completion)
-            finally:
-                writer.close()  # what finished is stored even when the run is interrupted
+    # A paid teacher's job is held by one process at a time (pending is read inside the lease,
+    # and everything is written before it is let go): two would pay twice for the same requests.
+    paid = config is not None and not status
+    with store.lease(f"annotate {method} with {teacher}", "a second run would pay for the same requests "
+                     "again: wait for it to finish, then rerun to send what it left") if paid else nullcontext():
+        done = store.annotation_keys(keys)
+        pending = [r for r in requests if r.key not in done]
+        result: dict[str, Any] = {}
+        if pending and not status:
+            with tqdm(total=len(requests), initial=len(requests) - len(pending), desc=f"annotate {method}",
+                      unit="req") as bar:
+                writer = _Writer(store, the_task.name, split, the_method, teacher, bar)
+                try:
+                    if teacher == GOLD:
+                        for request in pending:
+                            writer.add(request, _gold_completion(the_method, request.problem))
+                    elif config is not None:
+                        spent = store.annotation_spend(keys)
+                        budget = Budget(config, spent["cost"], spent["prompt_tokens"] + spent["completion_tokens"])
+                        backend = OpenAITeacher(config)
+                        counts = backend.run([(r.messages, seed + r.sample) for r in pending], max_new_tokens,
+                                             temperature, the_method.stop, budget, lambda i, c: writer.add(pending[i], c))
+                        result = {"failed": counts["failed"], "refused": counts["refused"], "retries": backend.retries,
+                                  "stopped_by_budget": budget.exhausted, "not_sent": counts["skipped"]}
+                        if backend.refusal:
+                            result["first_refusal"] = backend.refusal
+                        if backend.failure:
+                            result["first_failure"] = backend.failure
+                    else:
+                        model = LocalModel(teacher, batch_size=batch_size)
+                        chunk = max(batch_size, 1) * 4
+                        for start in range(0, len(pending), chunk):
+                            batch = pending[start : start + chunk]
+                            completions = model.generate([r.messages for r in batch], max_new_tokens, temperature,
+                                                         the_method.stop, seed + start)
+                            for request, completion in zip(batch, completions):
+                                writer.add(request, completion)
+                finally:
+                    writer.close()  # what finished is stored even when the run is interrupted
     if verify_with and not status:
-        result["verified"] = _verify(store, the_method, requests, load_backend(model_in_run(run_dir, verify_with), api, batch_size),
-                                     max_new_tokens)
+        solver = load_backend(model_in_run(run_dir, verify_with), api, batch_size)
+        result["verified"] = _verify(store, the_method, requests, solver, max_new_tokens)
     summary = {"problems": len(problems), "requests": len(requests), "new": 0 if status else len(pending),
                **store.annotation_status(keys), **result}
     store.close()

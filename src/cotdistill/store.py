@@ -8,8 +8,10 @@ commits in small batches, so a crash or Ctrl-C loses at most the batch in flight
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
+import os
 import re
 import sqlite3
 import time
@@ -156,6 +158,33 @@ class Store:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+    @contextlib.contextmanager
+    def lease(self, job: str, why: str) -> Iterator[None]:
+        """Hold `job` for this process, or refuse at once if another process holds it: two
+        annotate runs sending the same paid requests would each pay for them, and neither
+        budget would see the other's spend. A kernel file lock (flock), so a process that
+        dies, even by kill -9, lets go of it."""
+        import fcntl
+
+        locks = self.run_dir / "locks"
+        locks.mkdir(exist_ok=True)
+        path = locks / (hashlib.sha256(job.encode()).hexdigest()[:16] + ".lock")
+        with path.open("a+") as handle:
+            try:
+                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                handle.seek(0)
+                holder = handle.read().strip() or "another process"
+                raise EnvironmentProblem(f"{self.run_dir}: {holder} is already running {job}; {why}") from None
+            handle.truncate(0)
+            handle.write(f"pid {os.getpid()} (since {time.strftime('%H:%M:%S')})")
+            handle.flush()
+            try:
+                yield
+            finally:
+                handle.truncate(0)
+                fcntl.flock(handle, fcntl.LOCK_UN)
 
     # problems ---------------------------------------------------------------------------
     def add_problems(self, task: str, split: str, problems: Iterable[Problem]) -> None:
