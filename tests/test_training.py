@@ -60,6 +60,8 @@ def test_training_lowers_the_loss_and_saves_a_loadable_student(tmp_path, tiny_mo
 def test_finished_student_is_not_trained_again(tmp_path, tiny_model):
     annotate(tmp_path, "arith", limit=8)
     output = train(tmp_path, student=str(tiny_model), max_steps=2, disable_tqdm=True)
+    summary = json.loads((output / "cotdistill.json").read_text())
+    assert summary["first_logged_loss"] is not None  # shorter than logging_steps, and still a first loss
     stamp = (output / "cotdistill.json").stat().st_mtime_ns
     assert train(tmp_path, student=str(tiny_model), max_steps=2, disable_tqdm=True) == output
     assert (output / "cotdistill.json").stat().st_mtime_ns == stamp

@@ -68,6 +68,7 @@ class TrainConfig(TrainingArguments):
     lr_scheduler_type: str = "cosine"
     warmup_steps: float = 0.1  # a float below 1 is a share of all steps
     logging_steps: int = 10
+    logging_first_step: bool = True  # so even a run shorter than logging_steps reports a first and a last loss
     save_strategy: str = "steps"
     save_steps: int = 50
     save_total_limit: int = 2
