@@ -102,7 +102,23 @@ def test_environment_failures_are_one_line_and_exit_code_1(tmp_path):
     result = run("annotate", "--limit", "1", "--run-dir", str(tmp_path))
     assert result.returncode == 1, result.stderr
     lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1 and "store.sqlite: cannot open the run's store" in lines[0], result.stderr
+    assert len(lines) == 1 and "store.sqlite: the run's store failed (file is not a database)" in lines[0], result.stderr
+
+
+def test_a_full_disk_is_one_line_naming_the_store(tmp_path):
+    """A 200 KiB tmpfs mounted in a user namespace (no root needed) fills up mid-annotation."""
+    probe = subprocess.run(["unshare", "-rm", "true"], capture_output=True)
+    if probe.returncode != 0:
+        pytest.skip(f"no unprivileged user namespaces here to mount a small tmpfs: {probe.stderr.decode().strip()}")
+    full = tmp_path / "full"
+    full.mkdir()
+    command = " ".join([*CLI[:2], repr(CLI[2]), "annotate", "--task", "arith", "--limit", "800", "--run-dir", f"{full}/run"])
+    result = subprocess.run(["unshare", "-rm", "sh", "-c", f"mount -t tmpfs -o size=200k tmpfs {full} && {command}"],
+                            capture_output=True, text=True, timeout=300, env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    assert result.returncode == 1, result.stderr
+    last = result.stderr.strip().splitlines()[-1]
+    assert last == f"error: {full}/run/store.sqlite: the run's store failed (database or disk is full)", result.stderr
+    assert "Traceback" not in result.stderr
 
 
 def test_public_endpoint_without_a_key_is_refused_at_once(tmp_path):
