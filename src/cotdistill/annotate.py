@@ -31,7 +31,7 @@ from tqdm.auto import tqdm
 from cotdistill.errors import CotdistillError, EnvironmentProblem, check_generation_options
 from cotdistill.methods import Method, get_method
 from cotdistill.methods.base import check_answer
-from cotdistill.models import Completion, LocalModel, Messages
+from cotdistill.models import Completion, Messages
 from cotdistill.models.openai_api import PREFIX as API_PREFIX
 from cotdistill.models.openai_api import Budget, OpenAITeacher, api_config, load_backend
 from cotdistill.sandbox import require_sandbox
@@ -84,7 +84,7 @@ def annotate(
         raise CotdistillError("the gold teacher has one rationale per problem: use --samples 1")
     the_task = get_task(task, fields, options)
     the_method = get_method(method, prompts)
-    if verify_with and not hasattr(the_method, "solver_messages"):
+    if verify_with and not the_method.solver_verifies:
         raise CotdistillError(f"--verify-with filters decompositions; method {method} has no solver stage")
     if api and not any(name.startswith(API_PREFIX) for name in (teacher, verify_with or "")):
         raise CotdistillError(f"API options ({', '.join(api)}) apply to openai:MODEL teachers, not {teacher!r}")
@@ -134,7 +134,7 @@ def annotate(
                         if backend.failure:
                             result["first_failure"] = backend.failure
                     else:
-                        model = LocalModel(teacher, batch_size=batch_size)
+                        model = load_backend(teacher, batch_size=batch_size)  # a local model
                         chunk = max(batch_size, 1) * 4
                         for start in range(0, len(pending), chunk):
                             batch = pending[start : start + chunk]
@@ -252,7 +252,7 @@ def _verify(store: Store, method: Any, requests: Sequence[Request], solver: Any,
     todo = [a for a in store.annotations_by_key(list(by_key)) if a.kept and a.parsed.get("verified_by") != solver.name]
     if not todo:
         return 0
-    jobs = [method.solver_messages(by_key[a.key].problem, a.parsed["subquestions"]) for a in todo]
+    jobs = [method.solver_messages(by_key[a.key].problem, a.parsed) for a in todo]
     updates = []
     for annotation, completion in zip(todo, solver.generate(jobs, max_new_tokens, 0.0, method.stop, 0)):
         if completion.finish_reason == "error":

@@ -189,7 +189,7 @@ def train(
 def evaluate(
     run_dir: RunDir = Path("runs/default"),
     model: Annotated[Optional[list[str]], typer.Option(help="MODEL for the single-stage pipeline, or STAGE=MODEL per stage (repeat): a student of this run by name, smollm2-135m, a directory, a hub id or openai:MODEL.")] = None,
-    pipeline: Annotated[str, typer.Option(help="single | decompose_solve (stages decomposer, solver) | socratic (stages qg, qa) | kpdd (stages core, info, solution).")] = "single",
+    pipeline: Annotated[str, typer.Option(help="single, or a pipeline of the method's own with a model per stage (see `cotdistill methods`).")] = "single",
     task: TaskName = "arith",
     data: Data = None,
     split: Split = "test",
@@ -284,9 +284,10 @@ def methods(context: typer.Context) -> None:
 
     if context.invoked_subcommand is not None:
         return
-    table = Table("method", "students (roles)", "what it is")
+    table = Table("method", "students (roles)", "pipelines (stages)", "what it is")
     for method in METHODS.values():
-        table.add_row(method.name, ", ".join(method.roles), method.description)
+        pipelines = "; ".join(f"{name} ({', '.join(stages)})" for name, stages in method.pipelines.items())
+        table.add_row(method.name, ", ".join(method.roles), pipelines, method.description)
     console.print(table)
 
 

@@ -16,7 +16,7 @@ from typing import Any
 
 from cotdistill.answers import extract_flexible, is_correct
 from cotdistill.errors import EnvironmentProblem, check_generation_options
-from cotdistill.methods import get_method
+from cotdistill.methods import Method, get_method
 from cotdistill.models.openai_api import load_backend
 from cotdistill.pipeline import Settings, Trace, check_pipeline, run_pipeline, vote
 from cotdistill.sandbox import require_sandbox
@@ -64,7 +64,7 @@ def evaluate(
     the_task = get_task(task, fields, options)
     the_method = get_method(method)  # an unknown method fails here, before any data or model is loaded
     stages = dict(models or {"model": model})
-    check_pipeline(pipeline, list(stages), method)
+    check_pipeline(pipeline, list(stages), the_method)
     if the_method.runs_programs:  # a sandbox that cannot run stops here, before the run is registered
         require_sandbox(model_written=True, accept_weak=weak_sandbox)
     problems = the_task.load(data, split, limit)
@@ -85,7 +85,7 @@ def evaluate(
         if pending:
             backends = {path: load_backend(path, api, batch_size) for path in dict.fromkeys(paths.values())}
             by_stage = {stage: backends[path] for stage, path in paths.items()}
-            failed, sent, reason = _predict(store, run, pending, by_stage, pipeline, method, samples,
+            failed, sent, reason = _predict(store, run, pending, by_stage, pipeline, the_method, samples,
                                             Settings(max_new_tokens, temperature, seed), batch_size * 4)
             if failed:
                 raise EnvironmentProblem(
@@ -99,7 +99,7 @@ def evaluate(
         store.close()
 
 
-def _predict(store: Store, run: str, pending: Sequence[Problem], by_stage: dict[str, Any], pipeline: str, method: str,
+def _predict(store: Store, run: str, pending: Sequence[Problem], by_stage: dict[str, Any], pipeline: str, method: Method,
              samples: int, settings: Settings, chunk: int) -> tuple[int, int, str | None]:
     """Answer the pending problems chunk by chunk, storing every trace that succeeded. A
     trace whose request failed is not stored, so the next run asks it again; a chunk that

@@ -30,7 +30,7 @@ from dataclasses import dataclass, fields, replace
 from typing import Any
 
 from cotdistill.errors import CotdistillError, at_least
-from cotdistill.models.local import Completion, LocalModel, Messages
+from cotdistill.models.contract import Completion, Messages
 
 PREFIX = "openai:"
 
@@ -89,7 +89,11 @@ def load_backend(model: str, options: dict[str, Any] | None = None, batch_size: 
     """A model that generates for a pipeline stage or a solver: `openai:MODEL` over HTTP,
     anything else loaded locally."""
     config = api_config(model, options)
-    return APIModel(config) if config is not None else LocalModel(model, batch_size=batch_size)
+    if config is not None:
+        return APIModel(config)
+    from cotdistill.models.local import LocalModel  # torch: only for local models
+
+    return LocalModel(model, batch_size=batch_size)
 
 
 class GiveUp(Exception):

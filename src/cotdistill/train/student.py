@@ -21,7 +21,7 @@ from transformers import EarlyStoppingCallback, TrainerCallback
 from transformers.trainer_utils import get_last_checkpoint
 
 from cotdistill.errors import CotdistillError
-from cotdistill.methods import Method, get_method, stored_examples
+from cotdistill.methods import METHODS, Method, get_method, stored_examples
 from cotdistill.models import LocalModel, load_model
 from cotdistill.store import Annotation, Store, student_dir
 from cotdistill.tasks import Problem, get_task
@@ -124,17 +124,22 @@ def _check_objective(args: TrainConfig, method: Method, roles: list[str]) -> Non
     if args.objective in ("multitask", "mi") and set(roles) != {"label", "rationale"}:
         raise CotdistillError(f"objective {args.objective} trains a label task and a rationale task together: "
                               f"use --method dss (method {method.name} trains {', '.join(roles)})")
-    if args.format_list and (method.name != "cot" or args.objective in ("multitask", "mi")):
-        raise CotdistillError("--formats mixes model specialization's formats of CoT annotations: "
-                              "use --method cot with objective sft or kd")
+    if args.format_list and (not method.specializes or args.objective in ("multitask", "mi")):
+        raise CotdistillError("--formats mixes model specialization's formats of one rationale per annotation: use "
+                              f"--method {' or '.join(_declaring('specializes'))} with objective sft or kd")
     stage_roles = sorted(set(roles) - set(method.answering_roles))
     if args.dev_task and stage_roles:
         raise CotdistillError(f"--dev-task scores a student that answers on its own; {method.name} role(s) "
                               f"{', '.join(stage_roles)} answer only beside another model: train without it and "
                               "compare checkpoints with `cotdistill eval --pipeline ...`")
-    if args.gold_label and method.name not in ("dss", "decompose"):
-        raise CotdistillError("--gold-label sets dss's label target or the decompose solver's final answer; "
-                              f"method {method.name} has neither")
+    if args.gold_label and not method.supports_gold_label:
+        raise CotdistillError(f"--gold-label teaches the dataset's answer in place of the teacher's; method {method.name} "
+                              f"has no such target (methods that do: {', '.join(_declaring('supports_gold_label'))})")
+
+
+def _declaring(declaration: str) -> list[str]:
+    """The methods that declare `declaration`, for an error message."""
+    return [name for name, cls in METHODS.items() if getattr(cls, declaration)]
 
 
 def _check_model_type(args: TrainConfig, name: str, model: Any) -> None:
@@ -216,7 +221,7 @@ def _dev_evaluator(problems: list[Problem], method: Method, tokenizer: Any, args
     def evaluate(model: Any) -> dict[str, float]:
         was_training = model.training
         backend = LocalModel("student", loaded=(model, tokenizer), batch_size=args.per_device_eval_batch_size)
-        traces = run_pipeline("single", problems, {"model": backend}, method.name,
+        traces = run_pipeline("single", problems, {"model": backend}, method,
                               Settings(max_new_tokens=args.dev_max_new_tokens))
         model.train(was_training)
         correct = sum(is_correct(t.answer, p.answer, p.kind) for t, p in zip(traces, problems))
