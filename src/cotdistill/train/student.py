@@ -29,6 +29,7 @@ from cotdistill.train.config import TrainConfig
 from cotdistill.train import memory
 from cotdistill.train.data import TokenMap, check_teacher_tokens, tokenize_example
 from cotdistill.train.formats import format_examples
+from cotdistill.train.objectives import OBJECTIVES
 from cotdistill.train.trainer import load_critic, make_trainer
 
 
@@ -79,7 +80,7 @@ def train(
     dtype = None if args.lora else torch.float32
     model, tokenizer = load_model(student, device=str(args.device), dtype=dtype)
     _check_model_type(args, student, model)
-    teacher = _kd_teacher(args, tokenizer) if args.objective == "kd" and args.kd_teacher else None
+    teacher = _kd_teacher(args, tokenizer) if OBJECTIVES[args.objective].teacher_model and args.kd_teacher else None
     items, logprobs, groups = _items(args, store, the_method, pairs, tokenizer, teacher)
     memory.check(model, args, _longest(items, model, tokenizer, args), paired=isinstance(items[0], dict))
     evaluate_dev = _dev_evaluator(dev, the_method, tokenizer, args) if dev else None
@@ -121,10 +122,13 @@ def train(
 
 
 def _check_objective(args: TrainConfig, method: Method, roles: list[str]) -> None:
-    if args.objective in ("multitask", "mi") and set(roles) != {"label", "rationale"}:
-        raise CotdistillError(f"objective {args.objective} trains a label task and a rationale task together: "
-                              f"use --method dss (method {method.name} trains {', '.join(roles)})")
-    if args.format_list and (not method.specializes or args.objective in ("multitask", "mi")):
+    objective = OBJECTIVES[args.objective]
+    refusal = objective.check(roles)
+    if refusal:
+        paired = [name for name, cls in METHODS.items() if {"label", "rationale"} <= set(cls.train_roles)]
+        raise CotdistillError(f"{refusal}: use --method {' or '.join(paired)} (method {method.name} trains "
+                              f"{', '.join(roles)})")
+    if args.format_list and (not method.specializes or objective.paired):
         raise CotdistillError("--formats mixes model specialization's formats of one rationale per annotation: use "
                               f"--method {' or '.join(_declaring('specializes'))} with objective sft or kd")
     stage_roles = sorted(set(roles) - set(method.answering_roles))
@@ -168,7 +172,8 @@ def _items(args: TrainConfig, store: Store, method: Method, pairs: list[tuple[An
         raise CotdistillError(f"{store.path}: no training examples left for method {method.name} "
                               "(all kept annotations' problems are in the dev set?)")
     groups = None
-    if args.objective in ("multitask", "mi"):
+    objective = OBJECTIVES[args.objective]
+    if objective.paired:
         by_annotation: dict[str, dict[str, Any]] = {}
         for annotation, example in pairs:
             by_annotation.setdefault(annotation.key, {})[example.role] = example
@@ -186,7 +191,7 @@ def _items(args: TrainConfig, store: Store, method: Method, pairs: list[tuple[An
         items = [example for _, example in pairs]
         annotations = [annotation for annotation, _ in pairs]
     logprobs = None
-    if args.objective == "kd" and teacher is None:
+    if objective.uses_stored_logprobs(white_box_teacher=teacher is not None):
         logprobs = [a.logprobs for a in annotations]
         check_teacher_tokens(TokenMap(tokenizer), logprobs, str(store.path))
     return items, logprobs, groups
