@@ -56,69 +56,72 @@ def train(
         args = TrainConfig(output_dir=str(output / "checkpoints"), **config)
     except (TypeError, ValueError) as error:
         raise CotdistillError(f"train: {error}") from None
-    store = Store(run_dir)
     run_name = f"train:{name}"
     the_method = get_method(method)
     chosen = {"roles": roles} if roles else {}  # recorded only when chosen, so older runs still resume
     roles = list(roles or the_method.train_roles)
     settings = {"student": student, "method": method, "task": task, "split": split, **chosen, **config}
     produced = any((output / "checkpoints").glob("checkpoint-*"))
-    store.check_settings(run_name, settings, produced)
-    previous = store.run(run_name)
-    if previous and previous["status"] == "done" and (output / "cotdistill.json").is_file():
-        store.close()
-        return output
-    _check_objective(args, the_method, roles)
-    dev_task, dev = _dev_problems(args)
-    options = {"gold_label": True} if args.gold_label else {}
-    pairs = stored_examples(store, the_method, roles, task, split, **options)
-    dev_ids = {(dev_task, args.dev_split, p.id) for p in dev}
-    pairs = [(a, e) for a, e in pairs if (a.task, a.split, a.problem_id) not in dev_ids]  # dev problems never train
+    with Store(run_dir) as store:
+        store.check_settings(run_name, settings, produced)
+        previous = store.run(run_name)
+        if previous and previous["status"] == "done" and (output / "cotdistill.json").is_file():
+            return output
+        _check_objective(args, the_method, roles)
+        dev_task, dev = _dev_problems(args)
+        pairs = stored_examples(store, the_method, roles, task, split, **({"gold_label": True} if args.gold_label else {}))
+        dev_ids = {(dev_task, args.dev_split, p.id) for p in dev}
+        pairs = [(a, e) for a, e in pairs if (a.task, a.split, a.problem_id) not in dev_ids]  # dev problems never train
+        model, tokenizer = _setup_model(args, student)
+        teacher = _kd_teacher(args, tokenizer) if OBJECTIVES[args.objective].teacher_model and args.kd_teacher else None
+        items, logprobs, groups = _items(args, store, the_method, pairs, tokenizer, teacher)
+        memory.check(model, args, _longest(items, model, tokenizer, args), paired=isinstance(items[0], dict))
+        main = PartialState().is_main_process  # under `accelerate launch`, one process keeps the records
+        if main:
+            store.start_run(run_name, "train", {**settings, "examples": len(items)}, produced)
+        trainer = make_trainer(model, tokenizer, args, items, logprobs, teacher, groups,
+                               _dev_evaluator(dev, the_method, tokenizer, args) if dev else None)
+        for callback in [*callbacks, *([EarlyStoppingCallback(args.early_stopping_patience)]
+                                       if args.early_stopping_patience else [])]:
+            trainer.add_callback(callback)
+        last = get_last_checkpoint(args.output_dir) if Path(args.output_dir).is_dir() else None
+        if trainer.critic is not None:
+            load_critic(trainer.critic, last)
+        started = time.perf_counter()
+        result = trainer.train(resume_from_checkpoint=last)
+        trainer.save_model(str(output))  # every process takes part: ZeRO-3 / FSDP gather the weights here
+        if main:
+            tokenizer.save_pretrained(output)
+            summary = _summary(trainer, result.training_loss, time.perf_counter() - started, last, len(dev),
+                               student=student, method=method, roles=roles, objective=args.objective,
+                               examples=len(items), lora=args.lora)
+            (output / "cotdistill.json").write_text(json.dumps(summary, indent=2))
+            store.finish_run(run_name, summary)
+    return output
 
-    # Full fine-tuning keeps fp32 master weights (`bf16` autocasts the compute); a LoRA base is
-    # frozen, so it may sit in bf16. A LoRA student arrives merged, so new adapters never nest.
-    dtype = None if args.lora else torch.float32
-    model, tokenizer = load_model(student, device=str(args.device), dtype=dtype)
+
+def _setup_model(args: TrainConfig, student: str) -> tuple[Any, Any]:
+    """The student and its tokenizer. Full fine-tuning keeps fp32 master weights (`bf16`
+    autocasts the compute); a LoRA base is frozen, so it may sit in bf16. A LoRA student
+    arrives merged, so new adapters never nest."""
+    model, tokenizer = load_model(student, device=str(args.device), dtype=None if args.lora else torch.float32)
     _check_model_type(args, student, model)
-    teacher = _kd_teacher(args, tokenizer) if OBJECTIVES[args.objective].teacher_model and args.kd_teacher else None
-    items, logprobs, groups = _items(args, store, the_method, pairs, tokenizer, teacher)
-    memory.check(model, args, _longest(items, model, tokenizer, args), paired=isinstance(items[0], dict))
-    evaluate_dev = _dev_evaluator(dev, the_method, tokenizer, args) if dev else None
-    main = PartialState().is_main_process  # under `accelerate launch`, one process keeps the records
-    if main:
-        store.start_run(run_name, "train", {**settings, "examples": len(items)}, produced)
-    trainer = make_trainer(model, tokenizer, args, items, logprobs, teacher, groups, evaluate_dev)
-    for callback in callbacks:
-        trainer.add_callback(callback)
-    if args.early_stopping_patience:
-        trainer.add_callback(EarlyStoppingCallback(args.early_stopping_patience))
-    last = get_last_checkpoint(args.output_dir) if Path(args.output_dir).is_dir() else None
-    if trainer.critic is not None:
-        load_critic(trainer.critic, last)
-    started = time.perf_counter()
-    result = trainer.train(resume_from_checkpoint=last)
-    trainer.save_model(str(output))  # every process takes part: ZeRO-3 / FSDP gather the weights here
-    if not main:
-        store.close()
-        return output
-    tokenizer.save_pretrained(output)
+    return model, tokenizer
+
+
+def _summary(trainer: Any, train_loss: float, seconds: float, last: str | None, dev_problems: int,
+             **run: Any) -> dict[str, Any]:
+    """What the run's record and the student's cotdistill.json say about the training."""
     losses = [entry["loss"] for entry in trainer.state.log_history if "loss" in entry]
-    summary = {
-        "student": student, "method": method, "roles": roles, "objective": args.objective,
-        "examples": len(items), "lora": args.lora, "steps": trainer.state.global_step,
-        "train_loss": result.training_loss,
-        "first_logged_loss": losses[0] if losses else None, "last_logged_loss": losses[-1] if losses else None,
-        "seconds": time.perf_counter() - started, "resumed_from": Path(last).name if last else None,
-    }
-    if dev:
-        summary.update(dev_problems=len(dev), best_dev_accuracy=trainer.state.best_metric,
+    summary = {**run, "steps": trainer.state.global_step, "train_loss": train_loss,
+               "first_logged_loss": losses[0] if losses else None, "last_logged_loss": losses[-1] if losses else None,
+               "seconds": seconds, "resumed_from": Path(last).name if last else None}
+    if dev_problems:
+        summary.update(dev_problems=dev_problems, best_dev_accuracy=trainer.state.best_metric,
                        best_checkpoint=Path(trainer.state.best_model_checkpoint or "").name or None,
                        dev_history=[{"step": e["step"], "accuracy": e["eval_accuracy"]}
                                     for e in trainer.state.log_history if "eval_accuracy" in e])
-    (output / "cotdistill.json").write_text(json.dumps(summary, indent=2))
-    store.finish_run(run_name, summary)
-    store.close()
-    return output
+    return summary
 
 
 def _check_objective(args: TrainConfig, method: Method, roles: list[str]) -> None:
