@@ -68,7 +68,7 @@ def test_eval_runs_a_two_stage_pipeline_and_stores_cost_per_stage(tmp_path, tiny
     from cotdistill.evaluate import evaluate
     from cotdistill.report import report
 
-    metrics = evaluate(tmp_path, task="arith", limit=4, pipeline="decompose_solve", max_new_tokens=6,
+    metrics = evaluate(tmp_path, task="arith", limit=4, method="decompose", pipeline="decompose_solve", max_new_tokens=6,
                        models={"decomposer": str(tiny_model), "solver": str(tiny_model)})
     assert metrics["n"] == 4 and metrics["calls_per_problem"] == 2.0
     assert metrics["stage:decomposer:calls_per_problem"] == metrics["stage:solver:calls_per_problem"] == 1.0

@@ -15,8 +15,8 @@ from pathlib import Path
 from typing import Any
 
 from cotdistill.answers import extract_flexible, is_correct
-from cotdistill.errors import EnvironmentProblem, check_generation_options
-from cotdistill.methods import Method, get_method
+from cotdistill.errors import CotdistillError, EnvironmentProblem, check_generation_options
+from cotdistill.methods import Method, get_method, pipeline_owners
 from cotdistill.models.openai_api import load_backend
 from cotdistill.pipeline import Settings, Trace, check_pipeline, run_pipeline, vote
 from cotdistill.sandbox import require_sandbox
@@ -64,6 +64,10 @@ def evaluate(
     the_task = get_task(task, fields, options)
     the_method = get_method(method)  # an unknown method fails here, before any data or model is loaded
     stages = dict(models or {"model": model})
+    owners = pipeline_owners(pipeline)
+    if pipeline != "single" and pipeline not in the_method.pipelines and owners:  # a chosen pipeline names its method
+        raise CotdistillError(f"pipeline {pipeline} runs method {' or '.join(owners)}, not {method}: "
+                              f"add --method {owners[0]}")
     check_pipeline(pipeline, list(stages), the_method)
     if the_method.runs_programs:  # a sandbox that cannot run stops here, before the run is registered
         require_sandbox(model_written=True, accept_weak=weak_sandbox)

@@ -37,6 +37,11 @@ def get_method(name: str, prompts: str | Path | None = None) -> Method:
     return cls(load_prompts(prompts, cls.prompts) if prompts else None)
 
 
+def pipeline_owners(pipeline: str) -> list[str]:
+    """The methods that answer by `pipeline`, for an error that says which to pick."""
+    return [name for name, cls in METHODS.items() if pipeline in cls.pipelines]
+
+
 def stored_examples(store: Store, method: Method, roles: list[str], task: str | None = None,
                     split: str | None = None, **options: Any) -> list[tuple[Annotation, Example]]:
     """The training examples of the `roles` students, from the store's kept annotations;
@@ -60,4 +65,5 @@ def stored_examples(store: Store, method: Method, roles: list[str], task: str | 
     return pairs
 
 
-__all__ = ["METHODS", "Example", "Method", "Parsed", "Prompts", "get_method", "register_method", "stored_examples"]
+__all__ = ["METHODS", "Example", "Method", "Parsed", "Prompts", "get_method", "pipeline_owners", "register_method",
+           "stored_examples"]
