@@ -21,6 +21,7 @@ Reproduce (needs `pip install -e '.[bench]'` and ../shared/data):
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import random
 import resource
@@ -36,7 +37,20 @@ ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT.parent / "shared" / "data" / "gsm8k" / "train.jsonl"
 BF16 = torch.cuda.is_available() and torch.cuda.is_bf16_supported()
 COMMON = dict(bf16=BF16, learning_rate=2e-5, lr_scheduler_type="linear", warmup_steps=0, weight_decay=0.0, num_train_epochs=1,
-              logging_steps=4, save_strategy="no", report_to="none", seed=0, disable_tqdm=True)
+              logging_steps=4, logging_first_step=True, save_strategy="no", report_to="none", seed=0, disable_tqdm=True)
+
+
+def accepted(config_class: type, **settings: object) -> dict:
+    """The settings this installed version's config takes, under the names it knows:
+    activation checkpointing is `activation_checkpointing` in recent transformers and
+    `gradient_checkpointing` before it; anything else it lacks is dropped with a note."""
+    names = {f.name for f in dataclasses.fields(config_class)}
+    if "activation_checkpointing" in settings and "activation_checkpointing" not in names:
+        settings["gradient_checkpointing"] = settings.pop("activation_checkpointing")
+    dropped = sorted(set(settings) - names)
+    if dropped:
+        print(f"note: {config_class.__name__} here has no {', '.join(dropped)}; left out", file=sys.stderr)
+    return {k: v for k, v in settings.items() if k in names}
 
 
 def examples(n: int, data: Path, seed: int = 0) -> list:
@@ -77,16 +91,16 @@ def run_one(which: str, n: int, batch_size: int, max_length: int, data: Path, wo
     model, tokenizer = load_model("smollm2-135m", dtype=torch.float32)  # master weights; bf16 only autocasts
     real_tokens = sum(len(tokenize_example(tokenizer, e.messages, e.completion, max_length)["input_ids"]) for e in items)
     if which == "cotdistill":
-        config = TrainConfig(output_dir=str(workdir / which), lora=False, per_device_train_batch_size=batch_size,
-                             max_length=max_length, **COMMON)
+        config = TrainConfig(**accepted(TrainConfig, output_dir=str(workdir / which), lora=False,
+                                        per_device_train_batch_size=batch_size, max_length=max_length, **COMMON))
         trainer = make_trainer(model, tokenizer, config, items)
     else:
         from datasets import Dataset
         from trl import SFTConfig, SFTTrainer
 
         rows = [{"prompt": e.messages, "completion": [{"role": "assistant", "content": e.completion}]} for e in items]
-        config = SFTConfig(output_dir=str(workdir / which), per_device_train_batch_size=batch_size, max_length=max_length,
-                           activation_checkpointing=which == "trl", **COMMON)
+        config = SFTConfig(**accepted(SFTConfig, output_dir=str(workdir / which), per_device_train_batch_size=batch_size,
+                                      max_length=max_length, activation_checkpointing=which == "trl", **COMMON))
         trainer = SFTTrainer(model=model, args=config, train_dataset=Dataset.from_list(rows), processing_class=tokenizer)
         trl_tokens = sum(len(r["input_ids"]) for r in trainer.train_dataset)
     started = time.perf_counter()
@@ -95,7 +109,7 @@ def run_one(which: str, n: int, batch_size: int, max_length: int, data: Path, wo
     losses = [e["loss"] for e in trainer.state.log_history if "loss" in e]
     result = {"trainer": which, "examples": n, "real_tokens": real_tokens, "seconds": seconds,
               "tokens_per_second": real_tokens / seconds, "steps": trainer.state.global_step,
-              "last_logged_loss": losses[-1] if losses else None,
+              "first_logged_loss": losses[0] if losses else None, "last_logged_loss": losses[-1] if losses else None,
               "final_loss": final_loss(trainer.model, tokenizer, items, max_length),
               "peak_rss_gib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20,
               "peak_gpu_gib": torch.cuda.max_memory_allocated() / 2**30 if torch.cuda.is_available() else None}
@@ -129,12 +143,12 @@ def main() -> None:
     print(f"\nSFT of SmolLM2-135M (full), {args.n} GSM8K CoT examples, batch {args.batch_size}, "
           f"max length {args.max_length}, {where}")
     memory = "peak GPU GiB" if BF16 else "peak RSS GiB"
-    print(f"| trainer | tokens/s | train s | final loss | last logged loss | {memory} | speed-up of cotdistill |")
+    print(f"| trainer | tokens/s | train s | final loss | first / last logged loss | {memory} | speed-up of cotdistill |")
     print("| --- | --- | --- | --- | --- | --- | --- |")
     for r in results:
-        last = "-" if r["last_logged_loss"] is None else f"{r['last_logged_loss']:.4f}"
+        logged = " / ".join("-" if r[k] is None else f"{r[k]:.4f}" for k in ("first_logged_loss", "last_logged_loss"))
         print(f"| {r['trainer']} | {r['tokens_per_second']:.1f} | {r['seconds']:.1f} | {r['final_loss']:.4f} | "
-              f"{last} | {r['peak_gpu_gib'] if BF16 else r['peak_rss_gib']:.2f} | "
+              f"{logged} | {r['peak_gpu_gib'] if BF16 else r['peak_rss_gib']:.2f} | "
               f"{ours['tokens_per_second'] / r['tokens_per_second']:.2f}x |")
     print(f"\nreproduce: .venv/bin/python benchmarks/train_throughput.py --n {args.n} --batch-size {args.batch_size} "
           f"--max-length {args.max_length}")

@@ -17,7 +17,7 @@ def run(*args: str, cwd=None) -> subprocess.CompletedProcess:
 def test_help_lists_every_verb():
     result = run("--help")
     assert result.returncode == 0
-    for verb in ("annotate", "train", "eval", "report", "run", "recipes", "quickstart"):
+    for verb in ("annotate", "train", "eval", "export-model", "report", "run", "recipes", "quickstart"):
         assert verb in result.stdout
 
 
@@ -32,11 +32,11 @@ def test_help_lists_every_verb():
     (["annotate", "--method", "cot", "--verify-with", "smollm2-135m"], "method cot has no solver stage"),
     (["annotate", "--prompts", "{tmp}/missing.yaml"], "missing.yaml: no such prompts file"),
     (["methods", "show", "tot"], "unknown method 'tot'"),
-    (["eval", "--method", "decompose", "--limit", "1"], "use --pipeline decompose_solve"),
-    (["eval", "--pipeline", "decompose_solve", "--model", "solver=smollm2-135m", "--limit", "1"],
+    (["eval", "--method", "decompose", "--limit", "1"], "method decompose answers by pipeline decompose_solve, not 'single': use --pipeline decompose_solve"),
+    (["eval", "--method", "decompose", "--pipeline", "decompose_solve", "--model", "solver=smollm2-135m", "--limit", "1"],
      "needs a model for stage(s) decomposer"),
-    (["eval", "--pipeline", "tree", "--limit", "1"], "unknown pipeline 'tree'"),
-    (["eval", "--pipeline", "kpdd", "--model", "core=a", "--model", "info=a", "--model", "solution=a"], "pipeline kpdd runs method kpdd_cot"),
+    (["eval", "--pipeline", "tree", "--limit", "1"], "method cot answers by pipeline single, not 'tree'"),
+    (["eval", "--pipeline", "kpdd", "--model", "core=a", "--model", "info=a", "--model", "solution=a"], "pipeline kpdd runs method kpdd_cot or kpdd_pot, not cot: add --method kpdd_cot"),
     (["train", "--student", "smollm2-135m"], "no kept cot annotations"),
     (["train", "--objective", "multitask"], "use --method dss"),
     (["train", "--objective", "mixup"], "objective must be one of sft, multitask, mi, kd"),
@@ -69,6 +69,8 @@ def test_help_lists_every_verb():
     (["annotate", "--run-dir", "{tmp}/afile"], "run directory"),
     (["annotate", "--run-dir", "{tmp}/afile/sub"], "run directory"),
     (["export", "--out", "{tmp}"], "is a directory; give a .jsonl file path"),
+    (["export-model", "--student", "nobody", "--out", "{tmp}/model"], "no trained student 'nobody' in this run"),
+    (["export-model", "--dtype", "int4"], "--dtype int4: one of float32, bfloat16, float16"),
     (["annotate", "--teacher", "openai:http://127.0.0.1:9/v1"], "give the model's name after openai:"),
 ])
 def test_bad_input_is_one_line_and_exit_code_2(tmp_path, args, message):
@@ -100,7 +102,23 @@ def test_environment_failures_are_one_line_and_exit_code_1(tmp_path):
     result = run("annotate", "--limit", "1", "--run-dir", str(tmp_path))
     assert result.returncode == 1, result.stderr
     lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1 and "store.sqlite: cannot open the run's store" in lines[0], result.stderr
+    assert len(lines) == 1 and "store.sqlite: the run's store failed (file is not a database)" in lines[0], result.stderr
+
+
+def test_a_full_disk_is_one_line_naming_the_store(tmp_path):
+    """A 200 KiB tmpfs mounted in a user namespace (no root needed) fills up mid-annotation."""
+    probe = subprocess.run(["unshare", "-rm", "true"], capture_output=True)
+    if probe.returncode != 0:
+        pytest.skip(f"no unprivileged user namespaces here to mount a small tmpfs: {probe.stderr.decode().strip()}")
+    full = tmp_path / "full"
+    full.mkdir()
+    command = " ".join([*CLI[:2], repr(CLI[2]), "annotate", "--task", "arith", "--limit", "800", "--run-dir", f"{full}/run"])
+    result = subprocess.run(["unshare", "-rm", "sh", "-c", f"mount -t tmpfs -o size=200k tmpfs {full} && {command}"],
+                            capture_output=True, text=True, timeout=300, env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    assert result.returncode == 1, result.stderr
+    last = result.stderr.strip().splitlines()[-1]
+    assert last == f"error: {full}/run/store.sqlite: the run's store failed (database or disk is full)", result.stderr
+    assert "Traceback" not in result.stderr
 
 
 def test_public_endpoint_without_a_key_is_refused_at_once(tmp_path):

@@ -160,3 +160,63 @@ def test_prompts_file_overrides_and_changes_the_request_key(tmp_path):
     bad.write_text("demonstrations:\n  - question: only\n")
     with pytest.raises(CotdistillError, match=r"bad.yaml: demonstrations\[0\] needs 'question' and 'reply'"):
         get_method("cot", bad)
+
+
+def test_a_method_registered_from_outside_runs_annotate_train_eval_and_its_own_pipeline(tmp_path, tiny_model):
+    """Adding a method touches one file: this one. What it declares (its pipeline and that
+    pipeline's stages) is all annotate, train and eval need."""
+    from cotdistill.annotate import annotate
+    from cotdistill.evaluate import evaluate
+    from cotdistill.methods import METHODS, Example, Method, Prompts, register_method
+    from cotdistill.methods.base import check_answer
+    from cotdistill.pipeline import Trace, call_stage
+    from cotdistill.store import Store
+    from cotdistill.train import train
+
+    @register_method
+    class Tally(Method):
+        name = "tally"
+        description = "toy: the answer first, then a check; or asked twice by two models"
+        prompts = Prompts(instruction="{question}\nAnswer, then check it.", demonstrations=())
+        pipelines = {"single": ("model",), "twice": ("first", "second")}
+
+        def gold_rationale(self, problem):
+            return f"The answer is {problem.answer}. Checked."
+
+        def parse(self, text, problem):
+            return check_answer(text, problem, {"text": text})
+
+        def training_examples(self, problem, parsed, gold_label=False):
+            return [Example("student", self.student_messages(problem), parsed["text"])]
+
+        def run(self, pipeline, problems, models, settings):
+            if pipeline == "single":
+                return super().run(pipeline, problems, models, settings)
+            traces = [Trace("", None) for _ in problems]
+            requests = [self.student_messages(p) for p in problems]
+            call_stage("first", models["first"], requests, traces, settings, self.stop)
+            self.finish(traces, problems, call_stage("second", models["second"], requests, traces, settings, self.stop))
+            return traces
+
+    try:
+        assert annotate(tmp_path, "arith", limit=8, method="tally")["kept"] == 8
+        train(tmp_path, student=str(tiny_model), method="tally", max_steps=2, disable_tqdm=True)
+        single = evaluate(tmp_path, model="student", method="tally", task="arith", limit=2, max_new_tokens=8)
+        twice = evaluate(tmp_path, method="tally", task="arith", limit=2, max_new_tokens=8, pipeline="twice",
+                         models={"first": "student", "second": str(tiny_model)})
+        assert single["n"] == twice["n"] == 2
+        assert twice["stage:first:calls_per_problem"] == twice["stage:second:calls_per_problem"] == 1
+        with Store(tmp_path) as store:
+            assert {r["config"]["method"] for r in store.runs("eval")} == {"tally"}
+    finally:
+        METHODS.pop("tally")
+
+
+def test_methods_and_an_api_only_annotate_do_not_import_torch():
+    """The model contract is torch-free: listing methods or annotating through a server
+    never pays torch's import (seconds) or needs it installed."""
+    import subprocess
+    import sys
+
+    code = "import sys, cotdistill.methods, cotdistill.annotate, cotdistill.evaluate; print('torch' in sys.modules)"
+    assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip() == "False"

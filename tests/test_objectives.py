@@ -247,7 +247,7 @@ def test_dev_problems_from_the_training_split_are_carved_out(tmp_path, tiny_mode
     (dict(model_type="seq2seq"), "is a causal model"),
     (dict(objective="mixup"), "objective must be one of"),
     (dict(formats="zero-shot-cot,chatty"), "unknown format"),
-    (dict(gold_label=True), "method cot has neither"),
+    (dict(gold_label=True), "method cot has no such target"),
     (dict(method="socratic", roles=["qg"], dev_task="arith"), "role\\(s\\) qg answer only beside another model"),
 ])
 def test_bad_training_settings_are_one_line_errors(tmp_path, tiny_model, arguments, message):

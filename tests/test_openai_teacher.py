@@ -107,6 +107,9 @@ def test_budget_cap_stops_before_overspending_and_resumes(tmp_path):
         first = annotate(tmp_path, "arith", limit=100, teacher="openai:stub", max_new_tokens=64, api=api)
         assert first["stopped_by_budget"] and first["not_sent"] > 0 and first["pending"] > 0
         assert 0 < first["cost"] <= 0.5 and first["done"] == sum(server.served.values())
+        # It stops at the cap, not short of it: within one request's worst case (~$0.05 here), although
+        # the first reservations, made before any reply told the client its prompts' sizes, were ~4x that.
+        assert first["cost"] > 0.5 - 0.06
         status = annotate(tmp_path, "arith", limit=100, teacher="openai:stub", max_new_tokens=64, api=api, status=True)
         assert (status["done"], status["pending"], status["cost"]) == (first["done"], first["pending"], first["cost"])
         bigger = annotate(tmp_path, "arith", limit=100, teacher="openai:stub", max_new_tokens=64,
@@ -117,6 +120,34 @@ def test_budget_cap_stops_before_overspending_and_resumes(tmp_path):
         assert tokens["stopped_by_budget"] and 0 < tokens["prompt_tokens"] + tokens["completion_tokens"] <= 3000
     finally:
         server.stop()
+
+
+def test_two_annotate_runs_on_one_job_never_pay_twice(tmp_path):
+    """The second run refuses at once while the first holds the job; together they never
+    spend past the cap, and the store records every request the server was paid for."""
+    server = StubServer(arith_teacher, latency=0.1)
+    server.start()
+    api = {"base_url": server.base_url, "concurrency": 2, "price_input": 100.0, "price_output": 100.0,
+           "max_cost": 0.5}
+    first = subprocess.Popen([sys.executable, "-c", f"from cotdistill.annotate import annotate; annotate("
+                              f"{str(tmp_path)!r}, 'arith', limit=30, teacher='openai:stub', max_new_tokens=64, "
+                              f"api={api!r})"], stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 60
+        while not server.requests and time.monotonic() < deadline:
+            time.sleep(0.05)
+        with pytest.raises(EnvironmentProblem, match=r"pid \d+ \(since .*\) is already running annotate cot with "
+                                                     r"openai:stub; a second run would pay"):
+            annotate(tmp_path, "arith", limit=30, teacher="openai:stub", max_new_tokens=64, api=api)
+        assert first.wait(timeout=120) == 0, first.stderr.read()
+        after = annotate(tmp_path, "arith", limit=30, teacher="openai:stub", max_new_tokens=64, api=api)
+    finally:
+        first.kill()
+        server.stop()
+    with Store(tmp_path) as store:
+        rows = store.annotations("cot", kept_only=False)
+    assert len(rows) == sum(server.served.values()) and set(server.served.values()) == {1}
+    assert after["cost"] == pytest.approx(sum(r.cost for r in rows)) and 0.5 - 0.06 < after["cost"] <= 0.5
 
 
 def test_rate_limiter_holds_the_rate():

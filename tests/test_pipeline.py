@@ -20,17 +20,17 @@ def prompt_tokens(model: LocalModel, messages) -> int:
 def test_decompose_then_solve_with_two_models_counts_each_stage(tiny_model):
     decomposer = LocalModel(str(tiny_model))  # a 2-layer model with a 400-token vocabulary
     solver = LocalModel("smollm2-135m")  # the embedded model, 49k vocabulary
-    traces = run_pipeline("decompose_solve", PROBLEMS, {"decomposer": decomposer, "solver": solver},
-                          settings=Settings(max_new_tokens=24))
     decompose = get_method("decompose")
+    traces = run_pipeline("decompose_solve", PROBLEMS, {"decomposer": decomposer, "solver": solver}, decompose,
+                          Settings(max_new_tokens=24))
     for problem, trace in zip(PROBLEMS, traces):
         assert [stage for stage, _ in trace.replies] == ["decomposer", "solver"]
         plan, solution = trace.replies[0][1], trace.replies[1][1]
         first, second = trace.stages["decomposer"], trace.stages["solver"]
         assert (first.calls, second.calls) == (1, 1)
         assert first.prompt_tokens == prompt_tokens(decomposer, decompose.student_messages(problem))
-        subquestions = decompose.parse(plan, problem).fields.get("subquestions", [])
-        assert second.prompt_tokens == prompt_tokens(solver, decompose.solver_messages(problem, subquestions))
+        parsed = {"subquestions": decompose.parse(plan, problem).fields.get("subquestions", [])}
+        assert second.prompt_tokens == prompt_tokens(solver, decompose.solver_messages(problem, parsed))
         encoded = len(solver.tokenizer(solution, add_special_tokens=False)["input_ids"])
         assert 0 <= second.completion_tokens - encoded <= 1  # + the end-of-sequence token, if it stopped
         assert 0 < first.completion_tokens <= 24  # the random tiny model's bytes do not round-trip through text
@@ -42,19 +42,20 @@ def test_decompose_then_solve_with_two_models_counts_each_stage(tiny_model):
 
 def test_socratic_loop_asks_the_solver_once_per_sub_question(tiny_model):
     model = LocalModel(str(tiny_model))
-    [trace] = run_pipeline("socratic", PROBLEMS[:1], {"qg": model, "qa": model}, settings=Settings(max_new_tokens=8))
+    [trace] = run_pipeline("socratic", PROBLEMS[:1], {"qg": model, "qa": model}, get_method("socratic"),
+                           Settings(max_new_tokens=8))
     assert trace.replies[0][0] == "qg" and trace.stages["qg"].calls == 1
     assert trace.stages["qa"].calls == len(trace.replies) - 1 >= 1
 
 
 def test_bad_pipeline_requests_are_one_clear_error(tiny_model):
-    model = LocalModel(str(tiny_model))
-    with pytest.raises(CotdistillError, match="unknown pipeline 'tree'"):
-        run_pipeline("tree", PROBLEMS, {"model": model})
+    model, cot = LocalModel(str(tiny_model)), get_method("cot")
+    with pytest.raises(CotdistillError, match="method cot answers by pipeline single, not 'tree'"):
+        run_pipeline("tree", PROBLEMS, {"model": model}, cot)
     with pytest.raises(CotdistillError, match="needs a model for stage.s. decomposer: pass --model decomposer=MODEL"):
-        run_pipeline("decompose_solve", PROBLEMS, {"solver": model})
+        run_pipeline("decompose_solve", PROBLEMS, {"solver": model}, get_method("decompose"))
     with pytest.raises(CotdistillError, match="has no stage.s. planner"):
-        run_pipeline("single", PROBLEMS, {"model": model, "planner": model})
+        run_pipeline("single", PROBLEMS, {"model": model, "planner": model}, cot)
 
 
 def test_self_consistency_vote():
@@ -67,7 +68,7 @@ def test_eval_runs_a_two_stage_pipeline_and_stores_cost_per_stage(tmp_path, tiny
     from cotdistill.evaluate import evaluate
     from cotdistill.report import report
 
-    metrics = evaluate(tmp_path, task="arith", limit=4, pipeline="decompose_solve", max_new_tokens=6,
+    metrics = evaluate(tmp_path, task="arith", limit=4, method="decompose", pipeline="decompose_solve", max_new_tokens=6,
                        models={"decomposer": str(tiny_model), "solver": str(tiny_model)})
     assert metrics["n"] == 4 and metrics["calls_per_problem"] == 2.0
     assert metrics["stage:decomposer:calls_per_problem"] == metrics["stage:solver:calls_per_problem"] == 1.0
@@ -101,10 +102,10 @@ def test_program_pipeline_through_an_api_model_is_executed_and_priced(tmp_path):
 
 def test_kpdd_three_stages_each_called_once(tiny_model):
     model = LocalModel(str(tiny_model))
-    traces = run_pipeline("kpdd", PROBLEMS[:2], {"core": model, "info": model, "solution": model}, method="kpdd_cot",
-                          settings=Settings(max_new_tokens=6))
+    traces = run_pipeline("kpdd", PROBLEMS[:2], {"core": model, "info": model, "solution": model},
+                          get_method("kpdd_cot"), Settings(max_new_tokens=6))
     for trace in traces:
         assert [stage for stage, _ in trace.replies] == ["core", "info", "solution"]
         assert all(cost.calls == 1 for cost in trace.stages.values())
-    with pytest.raises(CotdistillError, match="pipeline kpdd runs method kpdd_cot or kpdd_pot, not cot"):
-        run_pipeline("kpdd", PROBLEMS, {"core": model, "info": model, "solution": model})
+    with pytest.raises(CotdistillError, match="method cot answers by pipeline single, not 'kpdd'"):
+        run_pipeline("kpdd", PROBLEMS, {"core": model, "info": model, "solution": model}, get_method("cot"))

@@ -241,7 +241,8 @@ def test_uninstalled_checkout_runs_programs(tmp_path):
     (bare_site / "deps.pth").write_text(site + "\n")  # the dependencies, without the editable cotdistill
     python = venv / "bin" / "python"
     src = Path(__file__).resolve().parents[1] / "src"
-    check = subprocess.run([str(python), "-c", "import cotdistill"], capture_output=True, text=True)
+    bare_env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}  # as a fresh shell has it
+    check = subprocess.run([str(python), "-c", "import cotdistill"], capture_output=True, text=True, env=bare_env)
     assert check.returncode != 0, "cotdistill must not be importable without PYTHONPATH here"
     counts = {}
     for label, cmd, env in [

@@ -60,6 +60,8 @@ def test_training_lowers_the_loss_and_saves_a_loadable_student(tmp_path, tiny_mo
 def test_finished_student_is_not_trained_again(tmp_path, tiny_model):
     annotate(tmp_path, "arith", limit=8)
     output = train(tmp_path, student=str(tiny_model), max_steps=2, disable_tqdm=True)
+    summary = json.loads((output / "cotdistill.json").read_text())
+    assert summary["first_logged_loss"] is not None  # shorter than logging_steps, and still a first loss
     stamp = (output / "cotdistill.json").stat().st_mtime_ns
     assert train(tmp_path, student=str(tiny_model), max_steps=2, disable_tqdm=True) == output
     assert (output / "cotdistill.json").stat().st_mtime_ns == stamp
@@ -205,3 +207,14 @@ def test_a_run_that_cannot_fit_in_memory_stops_before_its_first_step(tmp_path, t
     output = train(tmp_path, student=str(tiny_model), lora=False, max_steps=1, per_device_train_batch_size=8,
                    check_memory=False, disable_tqdm=True)
     assert (output / "cotdistill.json").is_file()
+
+
+def test_one_default_learning_rate_per_mode_wherever_the_config_is_built():
+    """Python and recipe users get the same defaults as the CLI: 1e-3 with LoRA, 5e-5 full."""
+    from cotdistill.train.fields import FIELDS, LEARNING_RATE
+    from cotdistill.train.objectives import OBJECTIVES
+
+    assert TrainConfig(output_dir="x").learning_rate == LEARNING_RATE[True] == 1e-3
+    assert TrainConfig(output_dir="x", lora=False).learning_rate == LEARNING_RATE[False] == 5e-5
+    assert TrainConfig(output_dir="x", lora=False, learning_rate=1e-4).learning_rate == 1e-4
+    assert [name for name in OBJECTIVES] == [part.split(" (")[0] for part in FIELDS["objective"][1].split(" | ")]

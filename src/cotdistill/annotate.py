@@ -21,6 +21,7 @@ import queue
 import threading
 import time
 from collections.abc import Sequence
+from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -30,7 +31,7 @@ from tqdm.auto import tqdm
 from cotdistill.errors import CotdistillError, EnvironmentProblem, check_generation_options
 from cotdistill.methods import Method, get_method
 from cotdistill.methods.base import check_answer
-from cotdistill.models import Completion, LocalModel, Messages
+from cotdistill.models import Completion, Messages
 from cotdistill.models.openai_api import PREFIX as API_PREFIX
 from cotdistill.models.openai_api import Budget, OpenAITeacher, api_config, load_backend
 from cotdistill.sandbox import require_sandbox
@@ -83,7 +84,7 @@ def annotate(
         raise CotdistillError("the gold teacher has one rationale per problem: use --samples 1")
     the_task = get_task(task, fields, options)
     the_method = get_method(method, prompts)
-    if verify_with and not hasattr(the_method, "solver_messages"):
+    if verify_with and not the_method.solver_verifies:
         raise CotdistillError(f"--verify-with filters decompositions; method {method} has no solver stage")
     if api and not any(name.startswith(API_PREFIX) for name in (teacher, verify_with or "")):
         raise CotdistillError(f"API options ({', '.join(api)}) apply to openai:MODEL teachers, not {teacher!r}")
@@ -91,64 +92,73 @@ def annotate(
     if the_method.runs_programs and not status:  # a sandbox that cannot run stops here, storing nothing
         require_sandbox(model_written=teacher != GOLD, accept_weak=weak_sandbox)
     problems = the_task.load(data, split, limit)
-    store = Store(run_dir)
-    store.add_problems(the_task.name, split, problems)
     sampling: dict[str, Any] = {} if teacher == GOLD else {
         "temperature": temperature, "max_new_tokens": max_new_tokens, "seed": seed}
     if config and config.top_logprobs:
         sampling["top_logprobs"] = config.top_logprobs
-    requests = []
-    for problem in problems:
-        messages = the_method.teacher_messages(problem)
-        for sample in range(samples):
-            key = request_key(teacher, the_method.name, messages, sampling, sample)
-            requests.append(Request(key, problem, sample, messages))
+    requests = [Request(request_key(teacher, the_method.name, messages, sampling, sample), problem, sample, messages)
+                for problem in problems for messages in [the_method.teacher_messages(problem)]
+                for sample in range(samples)]
     keys = [r.key for r in requests]
-    done = store.annotation_keys(keys)
-    pending = [r for r in requests if r.key not in done]
-    result: dict[str, Any] = {}
-    if pending and not status:
-        with tqdm(total=len(requests), initial=len(requests) - len(pending), desc=f"annotate {method}",
-                  unit="req") as bar:
-            writer = _Writer(store, the_task.name, split, the_method, teacher, bar)
-            try:
-                if teacher == GOLD:
-                    for request in pending:
-                        writer.add(request, _gold_completion(the_method, request.problem))
-                elif config is not None:
-                    spent = store.annotation_spend(keys)
-                    budget = Budget(config, spent["cost"], spent["prompt_tokens"] + spent["completion_tokens"])
-                    backend = OpenAITeacher(config)
-                    counts = backend.run([(r.messages, seed + r.sample) for r in pending], max_new_tokens,
-                                         temperature, the_method.stop, budget, lambda i, c: writer.add(pending[i], c))
-                    result = {"failed": counts["failed"], "refused": counts["refused"], "retries": backend.retries,
-                              "stopped_by_budget": budget.exhausted, "not_sent": counts["skipped"]}
-                    if backend.refusal:
-                        result["first_refusal"] = backend.refusal
-                    if backend.failure:
-                        result["first_failure"] = backend.failure
-                else:
-                    model = LocalModel(teacher, batch_size=batch_size)
-                    chunk = max(batch_size, 1) * 4
-                    for start in range(0, len(pending), chunk):
-                        batch = pending[start : start + chunk]
-                        completions = model.generate([r.messages for r in batch], max_new_tokens, temperature,
-                                                     the_method.stop, seed + start)
-                        for request, completion in zip(batch, completions):
-                            writer.add(request, completion)
-            finally:
-                writer.close()  # what finished is stored even when the run is interrupted
-    if verify_with and not status:
-        result["verified"] = _verify(store, the_method, requests, load_backend(model_in_run(run_dir, verify_with), api, batch_size),
-                                     max_new_tokens)
-    summary = {"problems": len(problems), "requests": len(requests), "new": 0 if status else len(pending),
-               **store.annotation_status(keys), **result}
-    store.close()
+    with Store(run_dir) as store:
+        store.add_problems(the_task.name, split, problems)
+        # A paid teacher's job is held by one process at a time (pending is read inside the lease,
+        # and everything is written before it is let go): two would pay twice for the same requests.
+        paid = config is not None and not status
+        with store.lease(f"annotate {method} with {teacher}", "a second run would pay for the same requests "
+                         "again: wait for it to finish, then rerun to send what it left") if paid else nullcontext():
+            done = store.annotation_keys(keys)
+            pending = [r for r in requests if r.key not in done]
+            result: dict[str, Any] = {}
+            if pending and not status:
+                with tqdm(total=len(requests), initial=len(done), desc=f"annotate {method}", unit="req") as bar:
+                    writer = _Writer(store, the_task.name, split, the_method, teacher, bar)
+                    try:  # what finished is stored even when the run is interrupted
+                        result = _ask(teacher, config, the_method, pending, writer, store.annotation_spend(keys),
+                                      max_new_tokens, temperature, seed, batch_size)
+                    finally:
+                        writer.close()
+        if verify_with and not status:
+            solver = load_backend(model_in_run(run_dir, verify_with), api, batch_size)
+            result["verified"] = _verify(store, the_method, requests, solver, max_new_tokens)
+        summary = {"problems": len(problems), "requests": len(requests), "new": 0 if status else len(pending),
+                   **store.annotation_status(keys), **result}
     if result.get("failed"):  # stored as nothing: a recipe must not go on as if they had been answered
         raise EnvironmentProblem(f"annotate: {result['failed']} of {len(pending)} requests failed "
                                  f"({result.get('first_failure')}); {summary['done']} of {len(requests)} are done and "
                                  "stored: run the same command again to send the rest")
     return summary
+
+
+def _ask(teacher: str, config: Any, method: Method, pending: Sequence[Request], writer: _Writer,
+         spent: dict[str, Any], max_new_tokens: int, temperature: float, seed: int, batch_size: int) -> dict[str, Any]:
+    """Send the pending requests to the teacher (the dataset's gold rationales, a server, or
+    a local model), handing each completion to the writer as it finishes; returns what the
+    summary adds (failures, retries, budget)."""
+    if teacher == GOLD:
+        for request in pending:
+            writer.add(request, _gold_completion(method, request.problem))
+        return {}
+    if config is not None:
+        budget = Budget(config, spent["cost"], spent["prompt_tokens"] + spent["completion_tokens"])
+        backend = OpenAITeacher(config)
+        counts = backend.run([(r.messages, seed + r.sample) for r in pending], max_new_tokens, temperature,
+                             method.stop, budget, lambda i, c: writer.add(pending[i], c))
+        result = {"failed": counts["failed"], "refused": counts["refused"], "retries": backend.retries,
+                  "stopped_by_budget": budget.exhausted, "not_sent": counts["skipped"]}
+        if backend.refusal:
+            result["first_refusal"] = backend.refusal
+        if backend.failure:
+            result["first_failure"] = backend.failure
+        return result
+    model = load_backend(teacher, batch_size=batch_size)  # a local model
+    chunk = max(batch_size, 1) * 4
+    for start in range(0, len(pending), chunk):
+        batch = pending[start : start + chunk]
+        completions = model.generate([r.messages for r in batch], max_new_tokens, temperature, method.stop, seed + start)
+        for request, completion in zip(batch, completions):
+            writer.add(request, completion)
+    return {}
 
 
 class _Writer:
@@ -246,7 +256,7 @@ def _verify(store: Store, method: Any, requests: Sequence[Request], solver: Any,
     todo = [a for a in store.annotations_by_key(list(by_key)) if a.kept and a.parsed.get("verified_by") != solver.name]
     if not todo:
         return 0
-    jobs = [method.solver_messages(by_key[a.key].problem, a.parsed["subquestions"]) for a in todo]
+    jobs = [method.solver_messages(by_key[a.key].problem, a.parsed) for a in todo]
     updates = []
     for annotation, completion in zip(todo, solver.generate(jobs, max_new_tokens, 0.0, method.stop, 0)):
         if completion.finish_reason == "error":

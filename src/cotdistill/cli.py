@@ -13,6 +13,7 @@ from rich.console import Console
 from rich.table import Table
 
 from cotdistill.errors import CotdistillError
+from cotdistill.train.fields import FIELDS, default_learning_rate, describe
 
 app = typer.Typer(
     help="Distil a teacher LLM's step-by-step reasoning into a small student model.\n\n"
@@ -122,6 +123,22 @@ def export(
     _show(run(run_dir, out, method=method, format=format, task=task, roles=role))
 
 
+@app.command("export-model")
+def export_model(
+    run_dir: RunDir = Path("runs/default"),
+    student: Annotated[str, typer.Option(help="The student's name in this run (see `cotdistill report`).")] = "student",
+    out: Annotated[Path, typer.Option("--out", "-o", help="A new or empty directory for the model.")] = Path("model"),
+    dtype: Annotated[str, typer.Option(help="Weights as float32, bfloat16 or float16.")] = "float32",
+    max_new_tokens: Annotated[int, typer.Option(min=1, help="The generation config's max new tokens.")] = 256,
+    push_to_hub: Annotated[Optional[str], typer.Option(help="Also upload the directory to this Hugging Face repo (online).")] = None,
+) -> None:
+    """Write a student as a standalone Hugging Face model (LoRA merged, safetensors, tokenizer with its chat
+    template, generation config, model card): transformers, `vllm serve` and llama.cpp's converter take it."""
+    from cotdistill.export_model import export_model as run
+
+    _show(run(run_dir, student, out, dtype=dtype, max_new_tokens=max_new_tokens, push_to_hub=push_to_hub))
+
+
 @app.command()
 def train(
     run_dir: RunDir = Path("runs/default"),
@@ -129,27 +146,27 @@ def train(
     student: Annotated[str, typer.Option(help="Base model: smollm2-135m, a directory or a hub id.")] = "smollm2-135m",
     method: Method = "cot",
     task: Annotated[Optional[str], typer.Option(help="Only annotations of this task (default: all).")] = None,
-    lora: Annotated[bool, typer.Option("--lora/--full", help="LoRA adapters or full fine-tuning.")] = True,
+    lora: Annotated[bool, typer.Option("--lora/--full", help=describe("lora"))] = True,
     epochs: Annotated[float, typer.Option(help="Passes over the training examples.")] = 2.0,
     max_steps: Annotated[int, typer.Option(help="Stop after N optimizer steps (-1: by epochs).")] = -1,
-    learning_rate: Annotated[Optional[float], typer.Option(help="Default 1e-3 with LoRA, 5e-5 full.")] = None,
+    learning_rate: Annotated[Optional[float], typer.Option(help=describe("learning_rate"))] = None,
     batch_size: int = 8,
-    max_length: int = 512,
+    max_length: Annotated[int, typer.Option(help=describe("max_length"))] = FIELDS["max_length"][0],
     seed: int = 0,
     role: Annotated[Optional[list[str]], typer.Option(help="Which of the method's students to train (e.g. qg, qa, unified; see `cotdistill methods`).")] = None,
-    objective: Annotated[Optional[str], typer.Option(help="sft (default) | multitask (dss: label + rationale tasks) | mi (multitask + mutual information) | kd (distribution matching).")] = None,
-    alpha: Annotated[Optional[float], typer.Option(help="multitask/mi: L = alpha*L_label + (1-alpha)*L_rationale (default 0.5).")] = None,
-    gold_label: Annotated[bool, typer.Option("--gold-label", help="dss label task, decompose solver: teach the dataset's answer, not the teacher's.")] = False,
-    beta: Annotated[Optional[float], typer.Option(help="mi: weight of the MI term (default 0.1).")] = None,
-    mi_estimator: Annotated[Optional[str], typer.Option(help="mi: learned (InfoNCE critic, default) | soft-ce.")] = None,
-    kd_weight: Annotated[Optional[float], typer.Option(help="kd: L = w*KL + (1-w)*NLL (default 0.5).")] = None,
-    kd_teacher: Annotated[Optional[str], typer.Option(help="kd: a local teacher with the student's tokenizer (white-box); default: the stored top-k log-probs.")] = None,
-    formats: Annotated[Optional[str], typer.Option(help="cot: mix formats one per batch, e.g. zero-shot-cot,zero-shot-answer,few-shot-cot,few-shot-answer.")] = None,
-    dev_task: Annotated[Optional[str], typer.Option(help="Evaluate each checkpoint on this task and keep the best (problems shared with training are left out of training).")] = None,
-    dev_data: Annotated[Optional[Path], typer.Option(help="Local JSONL/JSON/CSV file of the dev task.")] = None,
-    dev_split: Annotated[Optional[str], typer.Option(help="Split of the dev task (default test).")] = None,
-    dev_limit: Annotated[Optional[int], typer.Option(help="Dev problems (default 100).")] = None,
-    early_stopping_patience: Annotated[Optional[int], typer.Option(help="With --dev-task: stop after N evaluations without improvement.")] = None,
+    objective: Annotated[Optional[str], typer.Option(help=describe("objective"))] = None,
+    alpha: Annotated[Optional[float], typer.Option(help=describe("alpha"))] = None,
+    gold_label: Annotated[bool, typer.Option("--gold-label", help=describe("gold_label"))] = False,
+    beta: Annotated[Optional[float], typer.Option(help=describe("beta"))] = None,
+    mi_estimator: Annotated[Optional[str], typer.Option(help=describe("mi_estimator"))] = None,
+    kd_weight: Annotated[Optional[float], typer.Option(help=describe("kd_weight"))] = None,
+    kd_teacher: Annotated[Optional[str], typer.Option(help=describe("kd_teacher"))] = None,
+    formats: Annotated[Optional[str], typer.Option(help=describe("formats"))] = None,
+    dev_task: Annotated[Optional[str], typer.Option(help=describe("dev_task"))] = None,
+    dev_data: Annotated[Optional[Path], typer.Option(help=describe("dev_data"))] = None,
+    dev_split: Annotated[Optional[str], typer.Option(help=describe("dev_split"))] = None,
+    dev_limit: Annotated[Optional[int], typer.Option(help=describe("dev_limit"))] = None,
+    early_stopping_patience: Annotated[Optional[int], typer.Option(help=describe("early_stopping_patience"))] = None,
     report_to: Annotated[Optional[str], typer.Option(help="tensorboard (default), wandb, mlflow, none, ...")] = None,
     set_: Annotated[Optional[list[str]], typer.Option("--set", help="Any TrainConfig/TrainingArguments field KEY=VALUE (YAML value).")] = None,
 ) -> None:
@@ -157,7 +174,7 @@ def train(
     from cotdistill.train import train as run
 
     config: dict[str, Any] = {"lora": lora, "num_train_epochs": epochs, "max_steps": max_steps,
-                              "learning_rate": learning_rate or (1e-3 if lora else 5e-5),
+                              "learning_rate": learning_rate or default_learning_rate(lora),
                               "per_device_train_batch_size": batch_size, "max_length": max_length, "seed": seed}
     chosen = dict(objective=objective, alpha=alpha, gold_label=gold_label or None, beta=beta, mi_estimator=mi_estimator,
                   kd_weight=kd_weight, kd_teacher=kd_teacher, formats=formats, dev_task=dev_task,
@@ -173,7 +190,7 @@ def train(
 def evaluate(
     run_dir: RunDir = Path("runs/default"),
     model: Annotated[Optional[list[str]], typer.Option(help="MODEL for the single-stage pipeline, or STAGE=MODEL per stage (repeat): a student of this run by name, smollm2-135m, a directory, a hub id or openai:MODEL.")] = None,
-    pipeline: Annotated[str, typer.Option(help="single | decompose_solve (stages decomposer, solver) | socratic (stages qg, qa) | kpdd (stages core, info, solution).")] = "single",
+    pipeline: Annotated[str, typer.Option(help="single, or a pipeline of the method's own with a model per stage (see `cotdistill methods`).")] = "single",
     task: TaskName = "arith",
     data: Data = None,
     split: Split = "test",
@@ -268,9 +285,10 @@ def methods(context: typer.Context) -> None:
 
     if context.invoked_subcommand is not None:
         return
-    table = Table("method", "students (roles)", "what it is")
+    table = Table("method", "students (roles)", "pipelines (stages)", "what it is")
     for method in METHODS.values():
-        table.add_row(method.name, ", ".join(method.roles), method.description)
+        pipelines = "; ".join(f"{name} ({', '.join(stages)})" for name, stages in method.pipelines.items())
+        table.add_row(method.name, ", ".join(method.roles), pipelines, method.description)
     console.print(table)
 
 

@@ -15,8 +15,8 @@ from pathlib import Path
 from typing import Any
 
 from cotdistill.answers import extract_flexible, is_correct
-from cotdistill.errors import EnvironmentProblem, check_generation_options
-from cotdistill.methods import get_method
+from cotdistill.errors import CotdistillError, EnvironmentProblem, check_generation_options
+from cotdistill.methods import Method, get_method, pipeline_owners
 from cotdistill.models.openai_api import load_backend
 from cotdistill.pipeline import Settings, Trace, check_pipeline, run_pipeline, vote
 from cotdistill.sandbox import require_sandbox
@@ -64,29 +64,32 @@ def evaluate(
     the_task = get_task(task, fields, options)
     the_method = get_method(method)  # an unknown method fails here, before any data or model is loaded
     stages = dict(models or {"model": model})
-    check_pipeline(pipeline, list(stages), method)
+    owners = pipeline_owners(pipeline)
+    if pipeline != "single" and pipeline not in the_method.pipelines and owners:  # a chosen pipeline names its method
+        raise CotdistillError(f"pipeline {pipeline} runs method {' or '.join(owners)}, not {method}: "
+                              f"add --method {owners[0]}")
+    check_pipeline(pipeline, list(stages), the_method)
     if the_method.runs_programs:  # a sandbox that cannot run stops here, before the run is registered
         require_sandbox(model_written=True, accept_weak=weak_sandbox)
     problems = the_task.load(data, split, limit)
-    store = Store(run_dir)
-    try:
+    paths = {stage: model_in_run(run_dir, name_) for stage, name_ in stages.items()}
+    label = model if stages == {"model": model} else ",".join(f"{k}={v}" for k, v in stages.items())
+    run = name or f"eval:{label}:{the_task.name}:{split}" + ("" if pipeline == "single" else f":{pipeline}")
+    config: dict[str, Any] = {"model": label, "model_path": paths.get("model", ""), "task": the_task.name,
+                              "split": split, "method": method, "temperature": temperature,
+                              "max_new_tokens": max_new_tokens, "problems": len(problems)}
+    if pipeline != "single" or models or samples != 1:  # recorded only when used, so older runs still resume
+        config.update(pipeline=pipeline, models=stages, samples=samples)
+    with Store(run_dir) as store:
         store.add_problems(the_task.name, split, problems)
-        paths = {stage: model_in_run(run_dir, name_) for stage, name_ in stages.items()}
-        label = model if stages == {"model": model} else ",".join(f"{k}={v}" for k, v in stages.items())
-        run = name or f"eval:{label}:{the_task.name}:{split}" + ("" if pipeline == "single" else f":{pipeline}")
-        config: dict[str, Any] = {"model": label, "model_path": paths.get("model", ""), "task": the_task.name,
-                                  "split": split, "method": method, "temperature": temperature,
-                                  "max_new_tokens": max_new_tokens, "problems": len(problems)}
-        if pipeline != "single" or models or samples != 1:  # recorded only when used, so older runs still resume
-            config.update(pipeline=pipeline, models=stages, samples=samples)
         done = store.predicted(run)
         store.start_run(run, "eval", config, produced=bool(done))
         pending = [p for p in problems if any((p.id, s) not in done for s in range(samples))]
         if pending:
             backends = {path: load_backend(path, api, batch_size) for path in dict.fromkeys(paths.values())}
-            by_stage = {stage: backends[path] for stage, path in paths.items()}
-            failed, sent, reason = _predict(store, run, pending, by_stage, pipeline, method, samples,
-                                            Settings(max_new_tokens, temperature, seed), batch_size * 4)
+            failed, sent, reason = _predict(store, run, pending, {stage: backends[path] for stage, path in paths.items()},
+                                            pipeline, the_method, samples, Settings(max_new_tokens, temperature, seed),
+                                            batch_size * 4)
             if failed:
                 raise EnvironmentProblem(
                     f"eval {run}: {failed} of {sent} requests failed ({reason}); their problems are not scored and "
@@ -94,12 +97,10 @@ def evaluate(
         metrics = score(store, run, problems)
         store.set_metrics(run, metrics)
         store.finish_run(run, metrics)
-        return metrics
-    finally:
-        store.close()
+    return metrics
 
 
-def _predict(store: Store, run: str, pending: Sequence[Problem], by_stage: dict[str, Any], pipeline: str, method: str,
+def _predict(store: Store, run: str, pending: Sequence[Problem], by_stage: dict[str, Any], pipeline: str, method: Method,
              samples: int, settings: Settings, chunk: int) -> tuple[int, int, str | None]:
     """Answer the pending problems chunk by chunk, storing every trace that succeeded. A
     trace whose request failed is not stored, so the next run asks it again; a chunk that

@@ -107,15 +107,27 @@ def _plot(rows: list[dict[str, Any]], path: Path) -> None:
     bars.invert_yaxis()
     bars.legend(loc="lower right")
     by_flops = all(r["GFLOPs/problem"] > 0 for r in rows)  # local models only: compute is comparable
+    # One colour per arm and one marker per evaluation set, so a comparison over several
+    # sets reads as arms (colours) moving together across sets (markers).
+    arms = list(dict.fromkeys(r["_arm"] for r in rows))
+    sets = list(dict.fromkeys(f"{r['task']}:{r['split']}" for r in rows))
+    colours, markers = plt.get_cmap("tab10"), "osD^v<>pPX*h"
     for r in rows:
         x = r["GFLOPs/problem"] if by_flops else r["_all_tokens"]
-        cost.errorbar(x, r["strict %"], yerr=[[r["strict %"] - r["_low"]], [r["_high"] - r["strict %"]]],
-                      fmt="o", capsize=4, label=f"{r['run']} ({r['pipeline']})")
+        cost.errorbar(x, r["strict %"], yerr=[[r["strict %"] - r["_low"]], [r["_high"] - r["strict %"]]], capsize=3,
+                      color=colours(arms.index(r["_arm"]) % 10),
+                      marker=markers[sets.index(f"{r['task']}:{r['split']}") % len(markers)], linestyle="none")
+    handles = [plt.Line2D([], [], color=colours(i % 10), marker="o", linestyle="none",
+                          label=f"{arm} ({next(r['pipeline'] for r in rows if r['_arm'] == arm)})")
+               for i, arm in enumerate(arms)]
+    if len(sets) > 1:
+        handles += [plt.Line2D([], [], color="grey", marker=markers[i % len(markers)], linestyle="none", label=name)
+                    for i, name in enumerate(sets)]
     cost.set_title("accuracy vs inference cost")
     cost.set_xlabel("estimated GFLOPs per problem, all stages" if by_flops else "prompt + generated tokens per problem, all stages")
     cost.set_ylabel("strict accuracy (%)")
     cost.set_ylim(0, 100)
-    cost.legend(fontsize=7)
+    cost.legend(handles=handles, fontsize=7)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)

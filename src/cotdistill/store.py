@@ -8,8 +8,10 @@ commits in small batches, so a crash or Ctrl-C loses at most the batch in flight
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
+import os
 import re
 import sqlite3
 import time
@@ -120,6 +122,45 @@ class Prediction:
     seconds: float
 
 
+class _Connection:
+    """The store's SQLite connection, whose failures (disk full, I/O errors, a lock held too
+    long) name the store's file: the machine's state, one line, exit 1."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        self.db = sqlite3.connect(path, timeout=60, check_same_thread=False)  # one writer thread in annotate
+        self.db.row_factory = sqlite3.Row
+
+    @contextlib.contextmanager
+    def _named(self) -> Iterator[None]:
+        try:
+            yield
+        except sqlite3.DatabaseError as error:  # not a database, corrupted, disk full, read-only
+            raise EnvironmentProblem(f"{self.path}: the run's store failed ({error})") from None
+
+    def execute(self, sql: str, args: Sequence[Any] | dict[str, Any] = ()) -> sqlite3.Cursor:
+        with self._named():
+            return self.db.execute(sql, args)
+
+    def executemany(self, sql: str, rows: Iterable[Any]) -> sqlite3.Cursor:
+        with self._named():
+            return self.db.executemany(sql, rows)
+
+    def executescript(self, script: str) -> None:
+        with self._named():
+            self.db.executescript(script)
+
+    def __enter__(self) -> _Connection:
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        with self._named():
+            self.db.__exit__(*exc)  # commit, or roll back on an error
+
+    def close(self) -> None:
+        self.db.close()
+
+
 class Store:
     """A run directory's database. Open it with `Store(run_dir)`; it is created on first use."""
 
@@ -130,15 +171,11 @@ class Store:
             self.run_dir.mkdir(parents=True, exist_ok=True)
         except OSError as error:  # a file in the way, a read-only place, a name too long
             raise CotdistillError(f"run directory {self.run_dir}: {error.strerror}") from None
-        try:
-            self.db = sqlite3.connect(self.path, timeout=60, check_same_thread=False)  # one writer thread in annotate
-            self.db.row_factory = sqlite3.Row
-            self.db.execute("PRAGMA journal_mode=WAL")
-            self.db.execute("PRAGMA synchronous=NORMAL")  # WAL + NORMAL: a killed process loses no commit
-            self.db.executescript(SCHEMA)
-            self._migrate()
-        except sqlite3.DatabaseError as error:  # not a database, corrupted, disk full, read-only
-            raise EnvironmentProblem(f"{self.path}: cannot open the run's store ({error})") from None
+        self.db = _Connection(self.path)
+        self.db.execute("PRAGMA journal_mode=WAL")
+        self.db.execute("PRAGMA synchronous=NORMAL")  # WAL + NORMAL: a killed process loses no commit
+        self.db.executescript(SCHEMA)
+        self._migrate()
 
     def _migrate(self) -> None:
         """Columns added since a store was created (stores from older versions keep working)."""
@@ -156,6 +193,33 @@ class Store:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+    @contextlib.contextmanager
+    def lease(self, job: str, why: str) -> Iterator[None]:
+        """Hold `job` for this process, or refuse at once if another process holds it: two
+        annotate runs sending the same paid requests would each pay for them, and neither
+        budget would see the other's spend. A kernel file lock (flock), so a process that
+        dies, even by kill -9, lets go of it."""
+        import fcntl
+
+        locks = self.run_dir / "locks"
+        locks.mkdir(exist_ok=True)
+        path = locks / (hashlib.sha256(job.encode()).hexdigest()[:16] + ".lock")
+        with path.open("a+") as handle:
+            try:
+                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                handle.seek(0)
+                holder = handle.read().strip() or "another process"
+                raise EnvironmentProblem(f"{self.run_dir}: {holder} is already running {job}; {why}") from None
+            handle.truncate(0)
+            handle.write(f"pid {os.getpid()} (since {time.strftime('%H:%M:%S')})")
+            handle.flush()
+            try:
+                yield
+            finally:
+                handle.truncate(0)
+                fcntl.flock(handle, fcntl.LOCK_UN)
 
     # problems ---------------------------------------------------------------------------
     def add_problems(self, task: str, split: str, problems: Iterable[Problem]) -> None:

@@ -1,4 +1,5 @@
-"""Methods: one reasoning format each, all of it in one module."""
+"""Methods: one reasoning format each, all of it in one module; `register_method` adds one
+from outside the package."""
 
 from __future__ import annotations
 
@@ -19,12 +20,26 @@ from cotdistill.methods.socratic import Socratic
 METHODS: dict[str, type[Method]] = {m.name: m for m in (CoT, Direct, DSS, Socratic, Decompose, KPDDCoT, KPDDPoT, PoT)}
 
 
+def register_method(cls: type[Method]) -> type[Method]:
+    """Add a method (usable as a class decorator): annotate, train, eval and the CLI take it
+    by name, and read what it declares (roles, pipelines, gold labels, programs)."""
+    if cls.name in METHODS and METHODS[cls.name] is not cls:
+        raise CotdistillError(f"a method named {cls.name!r} exists already")
+    METHODS[cls.name] = cls
+    return cls
+
+
 def get_method(name: str, prompts: str | Path | None = None) -> Method:
     """A method by name; `prompts` is a YAML file overriding its instruction and/or demonstrations."""
     if name not in METHODS:
         raise CotdistillError(f"unknown method {name!r} (known: {', '.join(METHODS)})")
     cls = METHODS[name]
     return cls(load_prompts(prompts, cls.prompts) if prompts else None)
+
+
+def pipeline_owners(pipeline: str) -> list[str]:
+    """The methods that answer by `pipeline`, for an error that says which to pick."""
+    return [name for name, cls in METHODS.items() if pipeline in cls.pipelines]
 
 
 def stored_examples(store: Store, method: Method, roles: list[str], task: str | None = None,
@@ -50,4 +65,5 @@ def stored_examples(store: Store, method: Method, roles: list[str], task: str | 
     return pairs
 
 
-__all__ = ["METHODS", "Example", "Method", "Parsed", "Prompts", "get_method", "stored_examples"]
+__all__ = ["METHODS", "Example", "Method", "Parsed", "Prompts", "get_method", "pipeline_owners", "register_method",
+           "stored_examples"]

@@ -1,8 +1,10 @@
 """What every method shares: the parsed-reply and training-example records, the few-shot
-prompt built from an instruction template and demonstrations, and prompt overrides.
+prompt built from an instruction template and demonstrations, prompt overrides, and the
+declarations the rest of the toolkit reads instead of a method's name.
 
-A method's own module holds everything specific to its format; this module holds only
-the mechanics, so reading `cot.py` or `pot.py` tells the whole story of that format.
+A method's own module holds everything specific to its format, its pipelines included;
+this module holds only the mechanics, so reading `cot.py` or `pot.py` tells the whole
+story of that format, and adding a method touches one file.
 """
 
 from __future__ import annotations
@@ -15,7 +17,8 @@ from typing import Any
 
 from cotdistill.answers import extract_strict, is_correct, normalize
 from cotdistill.errors import CotdistillError
-from cotdistill.models import Messages
+from cotdistill.models.contract import Backend, Completion, Messages
+from cotdistill.pipeline import Settings, Trace, call_stage
 from cotdistill.tasks import Problem
 from cotdistill.tasks.records import read_yaml
 
@@ -93,7 +96,8 @@ def load_prompts(path: str | Path, default: Prompts) -> Prompts:
 
 class Method:
     """Base of every method. Subclasses set `name`, `description`, `prompts`, `roles` and
-    implement `gold_rationale`, `parse` and `training_examples`."""
+    implement `gold_rationale`, `parse` and `training_examples`; the class attributes
+    below declare what else they do, and are all that annotate, train and eval consult."""
 
     name: str
     description: str
@@ -103,6 +107,10 @@ class Method:
     answering_roles: tuple[str, ...] = ("student",)  # the ones that answer on their own (what a dev set scores)
     stop: tuple[str, ...] = ("\nQuestion:",)  # base models without a chat template run on past their answer
     runs_programs: bool = False  # its answer is what the reply's program computes, run in the sandbox
+    pipelines: dict[str, tuple[str, ...]] = {"single": ("model",)}  # eval --pipeline NAME -> its stages, by `run`
+    supports_gold_label: bool = False  # train --gold-label: the dataset's answer replaces the teacher's in targets
+    specializes: bool = False  # its rationales can be taught in model specialization's formats (train --formats)
+    solver_verifies: bool = False  # annotate --verify-with: a solver answers with each reply (`solver_messages`)
 
     def __init__(self, prompts: Prompts | None = None):
         if prompts is not None:
@@ -133,8 +141,32 @@ class Method:
         """Parse a batch; methods that execute programs override this to run them in parallel."""
         return [self.parse(text, problem) for text, problem in zip(texts, problems)]
 
-    def training_examples(self, problem: Problem, parsed: dict[str, Any]) -> list[Example]:
+    def training_examples(self, problem: Problem, parsed: dict[str, Any], gold_label: bool = False) -> list[Example]:
+        """The examples one kept annotation teaches; `gold_label` only where `supports_gold_label`."""
         raise NotImplementedError
+
+    def solver_messages(self, problem: Problem, parsed: dict[str, Any]) -> Messages:
+        """Where `solver_verifies`: the prompt that asks a solver to answer with this reply."""
+        raise NotImplementedError(f"method {self.name} has no solver stage")
+
+    def answers(self, texts: Sequence[str], problems: Sequence[Problem]) -> list[str | None]:
+        """What a student's final replies answer: their "The answer is" statement."""
+        return [extract_strict(text, problem.kind) for text, problem in zip(texts, problems)]
+
+    def run(self, pipeline: str, problems: Sequence[Problem], models: dict[str, Backend],
+            settings: Settings) -> list[Trace]:
+        """Answer by one of `pipelines` (already checked); here `single`: one call with the
+        student prompt. A method with more pipelines extends this in its own module."""
+        traces = [Trace("", None) for _ in problems]
+        completions = call_stage("model", models["model"], [self.student_messages(p) for p in problems], traces,
+                                 settings, self.stop)
+        self.finish(traces, problems, completions)
+        return traces
+
+    def finish(self, traces: Sequence[Trace], problems: Sequence[Problem], completions: Sequence[Completion]) -> None:
+        """The last stage's replies become the traces' texts and answers."""
+        for trace, completion, answer in zip(traces, completions, self.answers([c.text for c in completions], problems)):
+            trace.text, trace.answer = completion.text, answer
 
 
 def check_answer(text: str, problem: Problem, fields: dict[str, Any]) -> Parsed:

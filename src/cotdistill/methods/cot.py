@@ -26,6 +26,7 @@ class CoT(Method):
     name = "cot"
     description = "chain of thought: step-by-step reasoning ending in 'The answer is X.'"
     prompts = PROMPTS
+    specializes = True
 
     def gold_rationale(self, problem: Problem) -> str | None:
         return gold_cot(problem)
@@ -34,5 +35,5 @@ class CoT(Method):
         """Keep a reply only if it states a final answer and that answer is the gold one."""
         return check_answer(text, problem, {"rationale": cut_after_answer(text)})
 
-    def training_examples(self, problem: Problem, parsed: dict[str, Any]) -> list[Example]:
+    def training_examples(self, problem: Problem, parsed: dict[str, Any], gold_label: bool = False) -> list[Example]:
         return [Example("student", self.student_messages(problem), parsed["rationale"])]

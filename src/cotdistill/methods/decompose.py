@@ -12,12 +12,14 @@ Solver examples use that solution, or else the task's gold reasoning (the paper'
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 from typing import Any
 
 from cotdistill.methods.base import (
     ANSWER_HINT, DEMO_QUESTIONS, Example, Method, Parsed, Prompts, answer_statement, gold_cot, without_answer,
 )
-from cotdistill.models import Messages
+from cotdistill.models.contract import Backend, Messages
+from cotdistill.pipeline import Settings, Trace, call_stage
 from cotdistill.tasks import Problem
 
 MAX_SUBQUESTIONS = 5
@@ -48,6 +50,9 @@ class Decompose(Method):
     roles = ("decomposer", "solver")
     train_roles = ("decomposer",)
     answering_roles = ()  # the decomposer and the solver answer only as a pipeline's two stages
+    pipelines = {"decompose_solve": ("decomposer", "solver")}
+    supports_gold_label = True
+    solver_verifies = True  # Divide-or-Conquer's rejection filter: kept if a solver reaches the gold answer with it
 
     def gold_rationale(self, problem: Problem) -> str | None:
         steps = problem.gold.get("subquestions")
@@ -70,10 +75,22 @@ class Decompose(Method):
             return Parsed(None, {"subquestions": subquestions}, False, f"more than {MAX_SUBQUESTIONS} sub-questions")
         return Parsed(None, {"subquestions": subquestions}, True, "ok")
 
-    def solver_messages(self, problem: Problem, subquestions: list[str]) -> Messages:
-        content = SOLVER_INSTRUCTION.format(question=problem.question, subquestions=numbered(subquestions),
+    def solver_messages(self, problem: Problem, parsed: dict[str, Any]) -> Messages:
+        """The solver's prompt: the problem and a decomposition's sub-questions."""
+        content = SOLVER_INSTRUCTION.format(question=problem.question, subquestions=numbered(parsed["subquestions"]),
                                             answer_hint=ANSWER_HINT[problem.kind])
         return [{"role": "user", "content": content}]
+
+    def run(self, pipeline: str, problems: Sequence[Problem], models: dict[str, Backend],
+            settings: Settings) -> list[Trace]:
+        """`decompose_solve`: the decomposer writes sub-questions, the solver answers with them."""
+        traces = [Trace("", None) for _ in problems]
+        plans = call_stage("decomposer", models["decomposer"], [self.student_messages(p) for p in problems], traces,
+                           settings, self.stop)
+        parsed = [{"subquestions": self.parse(c.text, p).fields.get("subquestions", [])} for c, p in zip(plans, problems)]
+        requests = [self.solver_messages(p, fields) for p, fields in zip(problems, parsed)]
+        self.finish(traces, problems, call_stage("solver", models["solver"], requests, traces, settings, self.stop))
+        return traces
 
     def training_examples(self, problem: Problem, parsed: dict[str, Any], gold_label: bool = False) -> list[Example]:
         """`gold_label`: the solver's final answer replaced by the gold one (a Divide-or-Conquer
@@ -84,5 +101,5 @@ class Decompose(Method):
         if solution and gold_label:
             solution = f"{without_answer(solution)} {answer_statement(problem.answer)}".strip()
         if solution:
-            examples.append(Example("solver", self.solver_messages(problem, subquestions), solution))
+            examples.append(Example("solver", self.solver_messages(problem, parsed), solution))
         return examples

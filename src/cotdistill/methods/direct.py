@@ -34,5 +34,5 @@ class Direct(Method):
     def parse(self, text: str, problem: Problem) -> Parsed:
         return check_answer(cut_after_answer(text), problem, {})
 
-    def training_examples(self, problem: Problem, parsed: dict[str, Any]) -> list[Example]:
+    def training_examples(self, problem: Problem, parsed: dict[str, Any], gold_label: bool = False) -> list[Example]:
         return [Example("student", self.student_messages(problem), answer_statement(problem.answer))]

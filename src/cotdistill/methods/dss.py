@@ -13,7 +13,7 @@ from typing import Any
 
 from cotdistill.methods.base import Example, Parsed, answer_statement, without_answer
 from cotdistill.methods.cot import CoT
-from cotdistill.models import Messages
+from cotdistill.models.contract import Messages
 from cotdistill.tasks import Problem
 
 PREDICT, EXPLAIN = "predict: ", "explain: "
@@ -25,6 +25,8 @@ class DSS(CoT):
     roles = ("label", "rationale")
     train_roles = ("label", "rationale")
     answering_roles = ("label", "rationale")  # one student: inference runs its label task
+    supports_gold_label = True
+    specializes = False  # its targets are two prefixed tasks, not one rationale
 
     def parse(self, text: str, problem: Problem) -> Parsed:
         parsed = super().parse(text, problem)

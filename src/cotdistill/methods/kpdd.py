@@ -17,7 +17,8 @@ from cotdistill.methods.base import (
     DEMO_QUESTIONS, Example, Method, Parsed, Prompts, check_answer, cut_after_answer, gold_cot,
 )
 from cotdistill.methods.pot import PoT, check_programs, extract_program, fenced
-from cotdistill.models import Messages
+from cotdistill.models.contract import Backend, Messages
+from cotdistill.pipeline import Settings, Trace, call_stage
 from cotdistill.tasks import Problem
 
 CORE, INFO, SOLUTION = "Core question:", "Problem-solving information:", "Solution:"
@@ -108,7 +109,34 @@ def joined(sections: dict[str, str], solution: str) -> str:
     return f"{CORE} {sections['core']}\n{INFO}\n{sections['info']}\n{SOLUTION}\n{solution}"
 
 
-class KPDDCoT(Method):
+class _KeyPoints(Method):
+    """What both KPDD formats share: the three-stage pipeline beside the one-call student."""
+
+    pipelines = {"single": ("model",), "kpdd": ("core", "info", "solution")}
+
+    def solution_messages(self, problem: Problem, core: str, info: str) -> Messages:
+        """Stage 3: solve, given the key points the first two stages extracted."""
+        return [{"role": "user", "content": f"{self.instruction(problem)}\n{CORE} {core}\n{INFO}\n{info}\n"
+                                            f"Now write the {SOLUTION[:-1].lower()}."}]
+
+    def run(self, pipeline: str, problems: Sequence[Problem], models: dict[str, Backend],
+            settings: Settings) -> list[Trace]:
+        """`kpdd`: the three stages as three calls: core question, problem-solving
+        information, then the solution (text for kpdd_cot, a program for kpdd_pot)."""
+        if pipeline == "single":
+            return super().run(pipeline, problems, models, settings)
+        traces = [Trace("", None) for _ in problems]
+        cores = [parse_core(c.text) for c in call_stage("core", models["core"], [core_messages(p) for p in problems],
+                                                         traces, settings, self.stop)]
+        infos = [c.text for c in call_stage("info", models["info"],
+                                            [info_messages(p, core) for p, core in zip(problems, cores)],
+                                            traces, settings, self.stop)]
+        requests = [self.solution_messages(p, core, info) for p, core, info in zip(problems, cores, infos)]
+        self.finish(traces, problems, call_stage("solution", models["solution"], requests, traces, settings, self.stop))
+        return traces
+
+
+class KPDDCoT(_KeyPoints):
     name = "kpdd_cot"
     description = "key-point-driven CoT: core question, problem-solving information, step-by-step solution"
     prompts = Prompts(
@@ -133,16 +161,11 @@ class KPDDCoT(Method):
             return Parsed(None, {}, False, "missing core question, information or solution section")
         return check_answer(sections["solution"], problem, sections)
 
-    def training_examples(self, problem: Problem, parsed: dict[str, Any]) -> list[Example]:
+    def training_examples(self, problem: Problem, parsed: dict[str, Any], gold_label: bool = False) -> list[Example]:
         return [Example("student", self.student_messages(problem), joined(parsed, parsed["solution"]))]
 
-    def solution_messages(self, problem: Problem, core: str, info: str) -> Messages:
-        """Stage 3: solve, given the key points the first two stages extracted."""
-        return [{"role": "user", "content": f"{self.instruction(problem)}\n{CORE} {core}\n{INFO}\n{info}\n"
-                                            f"Now write the {SOLUTION[:-1].lower()}."}]
 
-
-class KPDDPoT(Method):
+class KPDDPoT(_KeyPoints):
     name = "kpdd_pot"
     runs_programs = True
     description = "key-point-driven PoT: core question, problem-solving information, then a Python program"
@@ -170,7 +193,7 @@ class KPDDPoT(Method):
         return [Parsed(None, {}, False, "missing core question, information or solution section") if s is None else p
                 for s, p in zip(sections, parsed)]
 
-    def training_examples(self, problem: Problem, parsed: dict[str, Any]) -> list[Example]:
+    def training_examples(self, problem: Problem, parsed: dict[str, Any], gold_label: bool = False) -> list[Example]:
         return [Example("student", self.student_messages(problem), joined(parsed, fenced(parsed["solution"])))]
 
-    solution_messages = KPDDCoT.solution_messages
+    answers = PoT.answers  # the program in the solution section, run in the sandbox

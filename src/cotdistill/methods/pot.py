@@ -101,6 +101,11 @@ class PoT(Method):
     prompts = PROMPTS
     runs_programs = True
 
+    def answers(self, texts: Sequence[str], problems: Sequence[Problem]) -> list[str | None]:
+        """What each reply's program computes, run in the sandbox (None if it does not run)."""
+        outcomes = shared_sandbox().run_many([extract_program(text) or "" for text in texts])
+        return [o.answer if o.ok else None for o in outcomes]
+
     def gold_rationale(self, problem: Problem) -> str | None:
         if "program" in problem.gold:
             return fenced(problem.gold["program"])
@@ -114,5 +119,5 @@ class PoT(Method):
         programs = [extract_program(text) for text in texts]
         return check_programs(programs, problems, [{"program": p} if p else {} for p in programs])
 
-    def training_examples(self, problem: Problem, parsed: dict[str, Any]) -> list[Example]:
+    def training_examples(self, problem: Problem, parsed: dict[str, Any], gold_label: bool = False) -> list[Example]:
         return [Example("student", self.student_messages(problem), fenced(parsed["program"]))]

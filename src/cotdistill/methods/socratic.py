@@ -13,13 +13,16 @@ Inference alternates QG and QA until the last sub-question; the last answer is f
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 from typing import Any
 
+from cotdistill.answers import extract_strict
 from cotdistill.methods.base import (
     DEMO_QUESTIONS, Example, Method, Parsed, Prompts, answer_statement, check_answer, cut_after_answer,
     without_answer,
 )
-from cotdistill.models import Messages
+from cotdistill.models.contract import Backend, Messages
+from cotdistill.pipeline import Settings, Trace, call_stage
 from cotdistill.tasks import Problem
 
 PROMPTS = Prompts(
@@ -81,6 +84,7 @@ class Socratic(Method):
     roles = ("unified", "qg", "qa")
     train_roles = ("unified",)
     answering_roles = ("unified",)  # qg and qa answer only in the question-answer loop
+    pipelines = {"single": ("model",), "socratic": ("qg", "qa")}
 
     def gold_rationale(self, problem: Problem) -> str | None:
         """GSM8K Socratic's `sub-question ** step` pairs, or arith's sub-questions."""
@@ -104,7 +108,28 @@ class Socratic(Method):
         lines = [QA_INSTRUCTION.format(question=problem.question), chain_text(steps), f"Q{len(steps) + 1}: {question}"]
         return [{"role": "user", "content": "\n".join(line for line in lines if line)}]
 
-    def training_examples(self, problem: Problem, parsed: dict[str, Any]) -> list[Example]:
+    def run(self, pipeline: str, problems: Sequence[Problem], models: dict[str, Backend],
+            settings: Settings) -> list[Trace]:
+        """`socratic`: a question generator writes the sub-questions, and a solver answers them
+        one by one with the chain so far; the last answer is final. `single`: the unified student."""
+        if pipeline == "single":
+            return super().run(pipeline, problems, models, settings)
+        traces = [Trace("", None) for _ in problems]
+        plans = call_stage("qg", models["qg"], [self.qg_messages(p) for p in problems], traces, settings, self.stop)
+        questions = [parse_questions(c.text) or [p.question] for c, p in zip(plans, problems)]
+        steps: list[list[list[str]]] = [[] for _ in problems]
+        for j in range(max(len(q) for q in questions)):
+            active = [i for i, q in enumerate(questions) if j < len(q)]
+            requests = [self.qa_messages(problems[i], steps[i], questions[i][j]) for i in active]
+            replies = call_stage("qa", models["qa"], requests, [traces[i] for i in active], settings, self.stop)
+            for i, reply in zip(active, replies):
+                steps[i].append([questions[i][j], reply.text])
+        for trace, problem, chain_steps in zip(traces, problems, steps):
+            trace.text = chain_steps[-1][1]
+            trace.answer = extract_strict(trace.text, problem.kind)
+        return traces
+
+    def training_examples(self, problem: Problem, parsed: dict[str, Any], gold_label: bool = False) -> list[Example]:
         steps = parsed["steps"]
         final = answer_statement(problem.answer)
         examples = [

@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -18,22 +17,8 @@ import torch
 from tqdm.auto import tqdm
 
 from cotdistill.errors import CotdistillError
+from cotdistill.models.contract import Completion, Messages
 from cotdistill.models.embedded import ALIASES, embedded_model_dir
-
-Messages = list[dict[str, str]]
-
-
-@dataclass(frozen=True)
-class Completion:
-    text: str
-    prompt_tokens: int
-    completion_tokens: int
-    finish_reason: str  # "stop" (EOS or a stop string), "length", or a server's reason (e.g. "content_filter")
-    seconds: float  # this row's share of its batch's wall time
-    cost: float = 0.0  # money, for priced API teachers
-    logprobs: list[Any] | None = None  # [[token, logprob, [[top token, logprob], ...]], ...] when asked for
-    failure: str | None = None  # why a request failed (finish_reason "error"): never an answer
-
 
 def default_device() -> str:
     if torch.cuda.is_available():
@@ -121,6 +106,13 @@ def render_prompt(tokenizer: Any, messages: Messages) -> str:
     return "".join(parts) + "Answer:"
 
 
+def encode_prompt(tokenizer: Any, messages: Messages) -> list[int]:
+    """The token ids a model is prompted with, in generation and in training alike: the
+    rendered prompt, with the tokenizer's own special tokens (BOS) only where no chat
+    template writes its own. One function, so training and eval prompts cannot drift apart."""
+    return tokenizer(render_prompt(tokenizer, messages), add_special_tokens=not tokenizer.chat_template)["input_ids"]
+
+
 def render_completion(tokenizer: Any, messages: Messages, completion: str) -> str:
     """The target text after `render_prompt(messages)`, ending the way the model must learn to stop."""
     if tokenizer.chat_template:
@@ -157,11 +149,10 @@ class LocalModel:
     def generate(self, requests: Sequence[Messages], max_new_tokens: int = 256, temperature: float = 0.0,
                  stop: Sequence[str] = (), seed: int = 0, progress: str | None = None) -> list[Completion]:
         """Completions in request order. Greedy at temperature 0; sampled rows are seeded per batch."""
-        prompts = [render_prompt(self.tokenizer, messages) for messages in requests]
-        encoded = [self.tokenizer(p, add_special_tokens=not self.tokenizer.chat_template)["input_ids"] for p in prompts]
-        order = sorted(range(len(prompts)), key=lambda i: -len(encoded[i]))  # longest first: OOM shows early
-        results: list[Completion | None] = [None] * len(prompts)
-        bar = tqdm(total=len(prompts), desc=progress, disable=progress is None, unit="req")
+        encoded = [encode_prompt(self.tokenizer, messages) for messages in requests]
+        order = sorted(range(len(encoded)), key=lambda i: -len(encoded[i]))  # longest first: OOM shows early
+        results: list[Completion | None] = [None] * len(encoded)
+        bar = tqdm(total=len(encoded), desc=progress, disable=progress is None, unit="req")
         for batch_index, start in enumerate(range(0, len(order), self.batch_size)):
             rows = order[start : start + self.batch_size]
             for row, completion in zip(rows, self._generate_batch([encoded[i] for i in rows], max_new_tokens,

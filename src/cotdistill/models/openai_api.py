@@ -13,7 +13,8 @@ exponential backoff and full jitter (honouring Retry-After), and gives up on a r
 
 Concurrency is a semaphore; requests- and tokens-per-minute limits are token buckets; the
 budget reserves each request's worst case (prompt estimate + max_tokens) before sending,
-so the run stops cleanly *before* it could overspend, never after.
+so the run stops cleanly *before* it could overspend, never after, and within one
+request's worst case of the cap.
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ from dataclasses import dataclass, fields, replace
 from typing import Any
 
 from cotdistill.errors import CotdistillError, at_least
-from cotdistill.models.local import Completion, LocalModel, Messages
+from cotdistill.models.contract import Completion, Messages
 
 PREFIX = "openai:"
 
@@ -88,7 +89,11 @@ def load_backend(model: str, options: dict[str, Any] | None = None, batch_size: 
     """A model that generates for a pipeline stage or a solver: `openai:MODEL` over HTTP,
     anything else loaded locally."""
     config = api_config(model, options)
-    return APIModel(config) if config is not None else LocalModel(model, batch_size=batch_size)
+    if config is not None:
+        return APIModel(config)
+    from cotdistill.models.local import LocalModel  # torch: only for local models
+
+    return LocalModel(model, batch_size=batch_size)
 
 
 class GiveUp(Exception):
@@ -113,32 +118,46 @@ DEFAULT_BASE_URL = "https://api.openai.com/v1"
 
 
 class Budget:
-    """Spend so far plus reservations in flight; a request is sent only if its worst case fits."""
+    """Spend so far plus reservations in flight; a request is sent only if its worst case
+    (prompt estimate + max_tokens) fits. A request that does not fit waits while others are
+    in flight, since they mostly settle well under their worst case; the budget is spent
+    only when a request does not fit with nothing in flight. So a run stops within one
+    request's worst case of the cap, and never past it."""
 
     def __init__(self, config: APIConfig, spent_cost: float = 0.0, spent_tokens: int = 0):
         self.config = config
         self.cost, self.tokens = spent_cost, spent_tokens
-        self.reserved_cost, self.reserved_tokens = 0.0, 0
+        self.reserved_cost, self.reserved_tokens, self.in_flight = 0.0, 0, 0
         self.exhausted = False
+        self._settled = asyncio.Condition()
 
-    def reserve(self, prompt_tokens: int, max_new_tokens: int) -> tuple[float, int] | None:
+    def _fits(self, cost: float, tokens: int) -> bool:
+        return ((self.config.max_cost is None or self.cost + self.reserved_cost + cost <= self.config.max_cost)
+                and (self.config.max_tokens is None or self.tokens + self.reserved_tokens + tokens <= self.config.max_tokens))
+
+    async def reserve(self, prompt_tokens: int, max_new_tokens: int) -> tuple[float, int] | None:
         cost = self.config.cost(prompt_tokens, max_new_tokens)
         tokens = prompt_tokens + max_new_tokens
-        over_cost = self.config.max_cost is not None and self.cost + self.reserved_cost + cost > self.config.max_cost
-        over_tokens = self.config.max_tokens is not None and self.tokens + self.reserved_tokens + tokens > self.config.max_tokens
-        if over_cost or over_tokens:
-            self.exhausted = True
-            return None
-        self.reserved_cost += cost
-        self.reserved_tokens += tokens
+        async with self._settled:
+            while not self._fits(cost, tokens):
+                if self.exhausted or not self.in_flight:
+                    self.exhausted = True
+                    return None
+                await self._settled.wait()
+            self.reserved_cost += cost
+            self.reserved_tokens += tokens
+            self.in_flight += 1
         return cost, tokens
 
-    def settle(self, reservation: tuple[float, int], completion: Completion | None) -> None:
-        self.reserved_cost -= reservation[0]
-        self.reserved_tokens -= reservation[1]
-        if completion is not None:
-            self.cost += completion.cost
-            self.tokens += completion.prompt_tokens + completion.completion_tokens
+    async def settle(self, reservation: tuple[float, int], completion: Completion | None) -> None:
+        async with self._settled:
+            self.reserved_cost -= reservation[0]
+            self.reserved_tokens -= reservation[1]
+            self.in_flight -= 1
+            if completion is not None:
+                self.cost += completion.cost
+                self.tokens += completion.prompt_tokens + completion.completion_tokens
+            self._settled.notify_all()
 
 
 class RateLimiter:
@@ -228,7 +247,7 @@ class OpenAITeacher:
                     counts["skipped"] += 1
                     return
                 estimate = self.sizer.estimate(messages)
-                reservation = budget.reserve(estimate, max_new_tokens)
+                reservation = await budget.reserve(estimate, max_new_tokens)
                 if reservation is None:
                     counts["skipped"] += 1
                     return
@@ -250,7 +269,7 @@ class OpenAITeacher:
                 except Fatal as error:
                     fatal.append(error)
                 finally:
-                    budget.settle(reservation, completion)
+                    await budget.settle(reservation, completion)
                 if completion is not None:
                     counts["done"] += 1
                     on_result(index, completion)

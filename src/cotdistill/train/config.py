@@ -2,7 +2,8 @@
 or TRL guess them right) plus the student, objective, data-format and dev-set knobs.
 
 One config for every objective, as TRL pairs one config with one trainer: the objective is
-a field, not a class, because the objectives share everything but the loss.
+a field naming one of `objectives.OBJECTIVES`, whose object brings its check, data and loss.
+Our fields' defaults and help live in `fields.py`, which the CLI reads without torch.
 """
 
 from __future__ import annotations
@@ -13,10 +14,10 @@ import torch
 from transformers import TrainingArguments
 
 from cotdistill.errors import at_least
+from cotdistill.train.fields import FORMATS, default_learning_rate, option
+from cotdistill.train.objectives import OBJECTIVES
 
-OBJECTIVES = ("sft", "multitask", "mi", "kd")
 MI_ESTIMATORS = ("learned", "soft-ce")
-FORMATS = ("zero-shot-cot", "zero-shot-answer", "few-shot-cot", "few-shot-answer")
 
 
 def _bf16_available() -> bool:
@@ -27,47 +28,40 @@ def _bf16_available() -> bool:
 class TrainConfig(TrainingArguments):
     output_dir: str | None = None
     # the student
-    model_type: str = field(default="auto", metadata={
-        "help": "auto (from the model's config), causal or seq2seq; a recipe written for one refuses the other"})
-    lora: bool = field(default=True, metadata={"help": "train LoRA adapters (peft) instead of all weights"})
+    model_type: str = option("model_type")
+    lora: bool = option("lora")
     lora_r: int = 16
     lora_alpha: int = 32
     lora_dropout: float = 0.0
     lora_target_modules: str = "all-linear"
-    max_length: int = 512  # prompt + completion tokens (each side for seq2seq); longer examples are cut from the end
-    check_memory: bool = field(default=True, metadata={
-        "help": "refuse, before the first step, a run whose estimated peak memory exceeds what is available"})
+    max_length: int = option("max_length")
+    check_memory: bool = option("check_memory")
     # the objective
-    objective: str = field(default="sft", metadata={"help": "sft | multitask | mi | kd"})
-    alpha: float = field(default=0.5, metadata={"help": "multitask/mi: L = alpha*L_label + (1-alpha)*L_rationale"})
-    gold_label: bool = field(default=False, metadata={
-        "help": "dss label task / decompose solver: teach the dataset's answer, not the teacher's"})
-    beta: float = field(default=0.1, metadata={"help": "mi: weight of the mutual-information term"})
-    mi_estimator: str = field(default="learned", metadata={
-        "help": "mi: learned (InfoNCE critic, a variational lower bound) or soft-ce (the public code's simplification)"})
-    kd_weight: float = field(default=0.5, metadata={"help": "kd: L = kd_weight*KL + (1-kd_weight)*NLL"})
-    kd_teacher: str | None = field(default=None, metadata={
-        "help": "kd: a local teacher model with the student's tokenizer (white-box, full vocabulary); "
-                "without it, the teacher top-k log-probs stored at annotation"})
-    formats: str | None = field(default=None, metadata={
-        "help": f"model specialization: comma-separated formats to mix, one per batch ({', '.join(FORMATS)})"})
-    demonstrations: int = field(default=4, metadata={"help": "in-context examples in few-shot formats"})
+    objective: str = option("objective")
+    alpha: float = option("alpha")
+    gold_label: bool = option("gold_label")
+    beta: float = option("beta")
+    mi_estimator: str = option("mi_estimator")
+    kd_weight: float = option("kd_weight")
+    kd_teacher: str | None = option("kd_teacher")
+    formats: str | None = option("formats")
+    demonstrations: int = option("demonstrations")
     # model selection on a dev set
-    dev_task: str | None = field(default=None, metadata={"help": "evaluate checkpoints on this task; keep the best"})
-    dev_data: str | None = None
-    dev_split: str = "test"
-    dev_limit: int | None = 100
+    dev_task: str | None = option("dev_task")
+    dev_data: str | None = option("dev_data")
+    dev_split: str = option("dev_split")
+    dev_limit: int | None = option("dev_limit")
     dev_max_new_tokens: int = 256
-    early_stopping_patience: int | None = field(default=None, metadata={
-        "help": "stop after this many dev evaluations without improvement"})
+    early_stopping_patience: int | None = option("early_stopping_patience")
     # transformers defaults that suit distillation better
-    learning_rate: float = 1e-3  # LoRA on small models; use ~5e-5 for full fine-tuning
+    learning_rate: float | None = option("learning_rate")  # None: by `lora` (fields.LEARNING_RATE)
     per_device_train_batch_size: int = 8
     per_device_eval_batch_size: int = 32  # dev generation: batching is the lever
     num_train_epochs: float = 2.0
     lr_scheduler_type: str = "cosine"
     warmup_steps: float = 0.1  # a float below 1 is a share of all steps
     logging_steps: int = 10
+    logging_first_step: bool = True  # so even a run shorter than logging_steps reports a first and a last loss
     save_strategy: str = "steps"
     save_steps: int = 50
     save_total_limit: int = 2
@@ -80,14 +74,16 @@ class TrainConfig(TrainingArguments):
     dataloader_pin_memory: bool = torch.cuda.is_available()  # pinning is for GPU copies only
 
     def __post_init__(self) -> None:
-        for name, value, allowed in (("objective", self.objective, OBJECTIVES),
+        if self.learning_rate is None:  # one default per mode, wherever the config is built
+            self.learning_rate = default_learning_rate(self.lora)
+        for name, value, allowed in (("objective", self.objective, tuple(OBJECTIVES)),
                                      ("mi_estimator", self.mi_estimator, MI_ESTIMATORS),
                                      ("model_type", self.model_type, ("auto", "causal", "seq2seq"))):
             if value not in allowed:
                 raise ValueError(f"{name} must be one of {', '.join(allowed)}, not {value!r}")
-        for option, value, low in (("batch size", self.per_device_train_batch_size, 1), ("max_length", self.max_length, 1),
+        for setting, value, low in (("batch size", self.per_device_train_batch_size, 1), ("max_length", self.max_length, 1),
                                    ("gradient_accumulation_steps", self.gradient_accumulation_steps, 1)):
-            at_least(option, value, low)
+            at_least(setting, value, low)
         at_least("learning_rate", self.learning_rate, 0, strictly=True)
         if self.num_train_epochs <= 0 and self.max_steps <= 0:
             raise ValueError("epochs must be > 0 (or max_steps set): a student trained for no step is not trained")

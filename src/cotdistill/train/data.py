@@ -15,19 +15,18 @@ from typing import Any
 import torch
 
 from cotdistill.errors import CotdistillError
-from cotdistill.models import Messages, render_completion, render_prompt
+from cotdistill.models import Messages, encode_prompt, render_completion
 
 
 def tokenize_example(tokenizer: Any, messages: Messages, completion: str, max_length: int,
                      seq2seq: bool = False) -> dict[str, Any]:
     """input_ids and labels (-100 where no loss is taken). Causal: one sequence, prompt masked.
     Seq2seq: the prompt is the encoder's input, the completion (+ EOS) the decoder's labels."""
+    prompt_ids = encode_prompt(tokenizer, messages)  # exactly what generation is prompted with
     if seq2seq:
-        input_ids = tokenizer(render_prompt(tokenizer, messages))["input_ids"][:max_length]
+        input_ids = prompt_ids[:max_length]
         labels = tokenizer(completion, add_special_tokens=False)["input_ids"][: max_length - 1] + [tokenizer.eos_token_id]
         return {"input_ids": input_ids, "labels": labels, "length": len(input_ids) + len(labels), "completion_start": 0}
-    add_special = not tokenizer.chat_template
-    prompt_ids = tokenizer(render_prompt(tokenizer, messages), add_special_tokens=add_special)["input_ids"]
     completion_ids = tokenizer(render_completion(tokenizer, messages, completion), add_special_tokens=False)["input_ids"]
     input_ids = (prompt_ids + completion_ids)[:max_length]
     labels = ([-100] * len(prompt_ids) + completion_ids)[:max_length]

@@ -42,6 +42,6 @@ def format_examples(items: Sequence[tuple[Problem, str]], formats: Sequence[str]
 
 def _one(item: tuple[Problem, str], kind: str) -> tuple[list[dict[str, str]], str]:
     problem, rationale = item
-    if kind == "cot":
-        return COT.student_messages(problem), rationale
-    return DIRECT.student_messages(problem), answer_statement(problem.answer)
+    if kind == "answer":
+        return DIRECT.student_messages(problem), answer_statement(problem.answer)
+    return COT.student_messages(problem), rationale

@@ -1,8 +1,9 @@
-"""The losses of every objective, on the logits of target tokens only.
+"""The objectives: each one object with its check, what it learns from and its loss, chosen
+by name from `OBJECTIVES` (torchtune keeps its losses the same way), so the trainer
+dispatches and never switches on a name. Adding one is a class here.
 
 `targets()` runs the student and returns logits aligned with the tokens they predict, for
-causal and seq2seq models alike; each objective (combined in `DistillTrainer.compute_loss`)
-is a few lines on top:
+causal and seq2seq models alike; each objective's loss is a few lines on top:
 
 - sft:       token NLL of the completion;
 - multitask: alpha * NLL(label task) + (1 - alpha) * NLL(rationale task) (DSS), each task
@@ -16,6 +17,7 @@ is a few lines on top:
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -118,3 +120,114 @@ def kl_full(t: Targets, teacher_logits: torch.Tensor) -> torch.Tensor:
     teacher = torch.log_softmax(teacher_logits[mask].float(), dim=-1)
     student = torch.log_softmax(t.logits[mask].float(), dim=-1)
     return (teacher.exp() * (teacher - student)).sum(-1).mean()
+
+
+class Objective:
+    """A training objective. `paired`: it learns from {"label", "rationale"} pairs of one
+    annotation's two tasks (not single examples), so batches hold both."""
+
+    name: str
+    paired: bool = False
+    teacher_model: bool = False  # can learn from a local teacher model's logits (kd_teacher)
+
+    def check(self, roles: Sequence[str]) -> str | None:
+        """Why the objective cannot train these roles of a method, or None."""
+        if self.paired and set(roles) != {"label", "rationale"}:
+            return f"objective {self.name} trains a label task and a rationale task together"
+        return None
+
+    def uses_stored_logprobs(self, white_box_teacher: bool) -> bool:
+        """Whether it learns from the teacher top-k log-probs stored with the annotations."""
+        return False
+
+    def critic(self, config: Any, hidden_size: int) -> nn.Module | None:
+        """A module trained beside the student (the MI critic), or None."""
+        return None
+
+    def loss(self, trainer: Any, model: Any, inputs: dict[str, Any],
+             num_items_in_batch: torch.Tensor | int | None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """(the loss to minimise, its named parts to log)."""
+        raise NotImplementedError
+
+
+class SFT(Objective):
+    """Token NLL of the completion. The one objective normalised by the tokens of all
+    accumulated batches (transformers' `num_items_in_batch`); the others average per batch."""
+
+    name = "sft"
+
+    def loss(self, trainer: Any, model: Any, inputs: dict[str, Any],
+             num_items_in_batch: torch.Tensor | int | None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        loss = nll(targets(model, inputs), num_items_in_batch)
+        if num_items_in_batch is not None and trainer.args.average_tokens_across_devices:
+            loss = loss * trainer.accelerator.num_processes  # num_items counts every process's tokens
+        return loss, {}
+
+
+class Multitask(Objective):
+    """DSS: alpha * NLL(label task) + (1 - alpha) * NLL(rationale task)."""
+
+    name = "multitask"
+    paired = True
+
+    def parts(self, model: Any, inputs: dict[str, Any], hidden: bool = False) -> tuple[Targets, Targets]:
+        return targets(model, inputs["label"], hidden=hidden), targets(model, inputs["rationale"], hidden=hidden)
+
+    def loss(self, trainer: Any, model: Any, inputs: dict[str, Any],
+             num_items_in_batch: torch.Tensor | int | None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        label, rationale = self.parts(model, inputs)
+        return self.combined(trainer.args, label, rationale)
+
+    @staticmethod
+    def combined(args: Any, label: Targets, rationale: Targets) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        parts = {"label_loss": nll(label), "rationale_loss": nll(rationale)}
+        return args.alpha * parts["label_loss"] + (1 - args.alpha) * parts["rationale_loss"], parts
+
+
+class MI(Multitask):
+    """Multitask + beta * L_MI: a learned InfoNCE critic (`mi_estimator=learned`) or the
+    public code's soft cross-entropy (`soft-ce`)."""
+
+    name = "mi"
+
+    def critic(self, config: Any, hidden_size: int) -> nn.Module | None:
+        if config.mi_estimator != "learned":
+            return None
+        with torch.random.fork_rng(devices=[]):  # seeded: a rerun starts from the same critic
+            torch.manual_seed(config.seed)
+            return InfoNCECritic(hidden_size)
+
+    def loss(self, trainer: Any, model: Any, inputs: dict[str, Any],
+             num_items_in_batch: torch.Tensor | int | None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        learned = trainer.critic is not None
+        label, rationale = self.parts(model, inputs, hidden=learned)
+        loss, parts = self.combined(trainer.args, label, rationale)
+        parts["mi_loss"] = trainer.critic(pooled(label), pooled(rationale)) if learned else soft_ce_mi(label, rationale)
+        return loss + trainer.args.beta * parts["mi_loss"], parts
+
+
+class KD(Objective):
+    """(1 - w) * NLL + w * KL(p_teacher || p_student) per token: over a local white-box
+    teacher's whole vocabulary, or over the stored top-k log-probs of an API teacher."""
+
+    name = "kd"
+    teacher_model = True
+
+    def uses_stored_logprobs(self, white_box_teacher: bool) -> bool:
+        return not white_box_teacher
+
+    def loss(self, trainer: Any, model: Any, inputs: dict[str, Any],
+             num_items_in_batch: torch.Tensor | int | None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        t = targets(model, inputs)
+        parts = {"nll_loss": nll(t)}
+        if trainer.teacher is not None:
+            with torch.no_grad():
+                teacher_logits = targets(trainer.teacher, inputs).logits
+            parts["kd_loss"] = kl_full(t, teacher_logits)
+        else:
+            parts["kd_loss"] = kl_top_k(t, inputs["kd_ids"], inputs["kd_logprobs"])
+        weight = trainer.args.kd_weight
+        return (1 - weight) * parts["nll_loss"] + weight * parts["kd_loss"], parts
+
+
+OBJECTIVES: dict[str, Objective] = {o.name: o for o in (SFT(), Multitask(), MI(), KD())}

@@ -21,7 +21,7 @@ from transformers import EarlyStoppingCallback, TrainerCallback
 from transformers.trainer_utils import get_last_checkpoint
 
 from cotdistill.errors import CotdistillError
-from cotdistill.methods import Method, get_method, stored_examples
+from cotdistill.methods import METHODS, Method, get_method, stored_examples
 from cotdistill.models import LocalModel, load_model
 from cotdistill.store import Annotation, Store, student_dir
 from cotdistill.tasks import Problem, get_task
@@ -29,6 +29,7 @@ from cotdistill.train.config import TrainConfig
 from cotdistill.train import memory
 from cotdistill.train.data import TokenMap, check_teacher_tokens, tokenize_example
 from cotdistill.train.formats import format_examples
+from cotdistill.train.objectives import OBJECTIVES
 from cotdistill.train.trainer import load_critic, make_trainer
 
 
@@ -55,86 +56,97 @@ def train(
         args = TrainConfig(output_dir=str(output / "checkpoints"), **config)
     except (TypeError, ValueError) as error:
         raise CotdistillError(f"train: {error}") from None
-    store = Store(run_dir)
     run_name = f"train:{name}"
     the_method = get_method(method)
     chosen = {"roles": roles} if roles else {}  # recorded only when chosen, so older runs still resume
     roles = list(roles or the_method.train_roles)
     settings = {"student": student, "method": method, "task": task, "split": split, **chosen, **config}
     produced = any((output / "checkpoints").glob("checkpoint-*"))
-    store.check_settings(run_name, settings, produced)
-    previous = store.run(run_name)
-    if previous and previous["status"] == "done" and (output / "cotdistill.json").is_file():
-        store.close()
-        return output
-    _check_objective(args, the_method, roles)
-    dev_task, dev = _dev_problems(args)
-    options = {"gold_label": True} if args.gold_label else {}
-    pairs = stored_examples(store, the_method, roles, task, split, **options)
-    dev_ids = {(dev_task, args.dev_split, p.id) for p in dev}
-    pairs = [(a, e) for a, e in pairs if (a.task, a.split, a.problem_id) not in dev_ids]  # dev problems never train
-
-    # Full fine-tuning keeps fp32 master weights (`bf16` autocasts the compute); a LoRA base is
-    # frozen, so it may sit in bf16. A LoRA student arrives merged, so new adapters never nest.
-    dtype = None if args.lora else torch.float32
-    model, tokenizer = load_model(student, device=str(args.device), dtype=dtype)
-    _check_model_type(args, student, model)
-    teacher = _kd_teacher(args, tokenizer) if args.objective == "kd" and args.kd_teacher else None
-    items, logprobs, groups = _items(args, store, the_method, pairs, tokenizer, teacher)
-    memory.check(model, args, _longest(items, model, tokenizer, args), paired=isinstance(items[0], dict))
-    evaluate_dev = _dev_evaluator(dev, the_method, tokenizer, args) if dev else None
-    main = PartialState().is_main_process  # under `accelerate launch`, one process keeps the records
-    if main:
-        store.start_run(run_name, "train", {**settings, "examples": len(items)}, produced)
-    trainer = make_trainer(model, tokenizer, args, items, logprobs, teacher, groups, evaluate_dev)
-    for callback in callbacks:
-        trainer.add_callback(callback)
-    if args.early_stopping_patience:
-        trainer.add_callback(EarlyStoppingCallback(args.early_stopping_patience))
-    last = get_last_checkpoint(args.output_dir) if Path(args.output_dir).is_dir() else None
-    if trainer.critic is not None:
-        load_critic(trainer.critic, last)
-    started = time.perf_counter()
-    result = trainer.train(resume_from_checkpoint=last)
-    trainer.save_model(str(output))  # every process takes part: ZeRO-3 / FSDP gather the weights here
-    if not main:
-        store.close()
-        return output
-    tokenizer.save_pretrained(output)
-    losses = [entry["loss"] for entry in trainer.state.log_history if "loss" in entry]
-    summary = {
-        "student": student, "method": method, "roles": roles, "objective": args.objective,
-        "examples": len(items), "lora": args.lora, "steps": trainer.state.global_step,
-        "train_loss": result.training_loss,
-        "first_logged_loss": losses[0] if losses else None, "last_logged_loss": losses[-1] if losses else None,
-        "seconds": time.perf_counter() - started, "resumed_from": Path(last).name if last else None,
-    }
-    if dev:
-        summary.update(dev_problems=len(dev), best_dev_accuracy=trainer.state.best_metric,
-                       best_checkpoint=Path(trainer.state.best_model_checkpoint or "").name or None,
-                       dev_history=[{"step": e["step"], "accuracy": e["eval_accuracy"]}
-                                    for e in trainer.state.log_history if "eval_accuracy" in e])
-    (output / "cotdistill.json").write_text(json.dumps(summary, indent=2))
-    store.finish_run(run_name, summary)
-    store.close()
+    with Store(run_dir) as store:
+        store.check_settings(run_name, settings, produced)
+        previous = store.run(run_name)
+        if previous and previous["status"] == "done" and (output / "cotdistill.json").is_file():
+            return output
+        _check_objective(args, the_method, roles)
+        dev_task, dev = _dev_problems(args)
+        pairs = stored_examples(store, the_method, roles, task, split, **({"gold_label": True} if args.gold_label else {}))
+        dev_ids = {(dev_task, args.dev_split, p.id) for p in dev}
+        pairs = [(a, e) for a, e in pairs if (a.task, a.split, a.problem_id) not in dev_ids]  # dev problems never train
+        model, tokenizer = _setup_model(args, student)
+        teacher = _kd_teacher(args, tokenizer) if OBJECTIVES[args.objective].teacher_model and args.kd_teacher else None
+        items, logprobs, groups = _items(args, store, the_method, pairs, tokenizer, teacher)
+        memory.check(model, args, _longest(items, model, tokenizer, args), paired=isinstance(items[0], dict))
+        main = PartialState().is_main_process  # under `accelerate launch`, one process keeps the records
+        if main:
+            store.start_run(run_name, "train", {**settings, "examples": len(items)}, produced)
+        trainer = make_trainer(model, tokenizer, args, items, logprobs, teacher, groups,
+                               _dev_evaluator(dev, the_method, tokenizer, args) if dev else None)
+        for callback in [*callbacks, *([EarlyStoppingCallback(args.early_stopping_patience)]
+                                       if args.early_stopping_patience else [])]:
+            trainer.add_callback(callback)
+        last = get_last_checkpoint(args.output_dir) if Path(args.output_dir).is_dir() else None
+        if trainer.critic is not None:
+            load_critic(trainer.critic, last)
+        started = time.perf_counter()
+        result = trainer.train(resume_from_checkpoint=last)
+        trainer.save_model(str(output))  # every process takes part: ZeRO-3 / FSDP gather the weights here
+        if main:
+            tokenizer.save_pretrained(output)
+            summary = _summary(trainer, result.training_loss, time.perf_counter() - started, last, len(dev),
+                               student=student, method=method, roles=roles, objective=args.objective,
+                               examples=len(items), lora=args.lora)
+            (output / "cotdistill.json").write_text(json.dumps(summary, indent=2))
+            store.finish_run(run_name, summary)
     return output
 
 
+def _setup_model(args: TrainConfig, student: str) -> tuple[Any, Any]:
+    """The student and its tokenizer. Full fine-tuning keeps fp32 master weights (`bf16`
+    autocasts the compute); a LoRA base is frozen, so it may sit in bf16. A LoRA student
+    arrives merged, so new adapters never nest."""
+    model, tokenizer = load_model(student, device=str(args.device), dtype=None if args.lora else torch.float32)
+    _check_model_type(args, student, model)
+    return model, tokenizer
+
+
+def _summary(trainer: Any, train_loss: float, seconds: float, last: str | None, dev_problems: int,
+             **run: Any) -> dict[str, Any]:
+    """What the run's record and the student's cotdistill.json say about the training."""
+    losses = [entry["loss"] for entry in trainer.state.log_history if "loss" in entry]
+    summary = {**run, "steps": trainer.state.global_step, "train_loss": train_loss,
+               "first_logged_loss": losses[0] if losses else None, "last_logged_loss": losses[-1] if losses else None,
+               "seconds": seconds, "resumed_from": Path(last).name if last else None}
+    if dev_problems:
+        summary.update(dev_problems=dev_problems, best_dev_accuracy=trainer.state.best_metric,
+                       best_checkpoint=Path(trainer.state.best_model_checkpoint or "").name or None,
+                       dev_history=[{"step": e["step"], "accuracy": e["eval_accuracy"]}
+                                    for e in trainer.state.log_history if "eval_accuracy" in e])
+    return summary
+
+
 def _check_objective(args: TrainConfig, method: Method, roles: list[str]) -> None:
-    if args.objective in ("multitask", "mi") and set(roles) != {"label", "rationale"}:
-        raise CotdistillError(f"objective {args.objective} trains a label task and a rationale task together: "
-                              f"use --method dss (method {method.name} trains {', '.join(roles)})")
-    if args.format_list and (method.name != "cot" or args.objective in ("multitask", "mi")):
-        raise CotdistillError("--formats mixes model specialization's formats of CoT annotations: "
-                              "use --method cot with objective sft or kd")
+    objective = OBJECTIVES[args.objective]
+    refusal = objective.check(roles)
+    if refusal:
+        paired = [name for name, cls in METHODS.items() if {"label", "rationale"} <= set(cls.train_roles)]
+        raise CotdistillError(f"{refusal}: use --method {' or '.join(paired)} (method {method.name} trains "
+                              f"{', '.join(roles)})")
+    if args.format_list and (not method.specializes or objective.paired):
+        raise CotdistillError("--formats mixes model specialization's formats of one rationale per annotation: use "
+                              f"--method {' or '.join(_declaring('specializes'))} with objective sft or kd")
     stage_roles = sorted(set(roles) - set(method.answering_roles))
     if args.dev_task and stage_roles:
         raise CotdistillError(f"--dev-task scores a student that answers on its own; {method.name} role(s) "
                               f"{', '.join(stage_roles)} answer only beside another model: train without it and "
                               "compare checkpoints with `cotdistill eval --pipeline ...`")
-    if args.gold_label and method.name not in ("dss", "decompose"):
-        raise CotdistillError("--gold-label sets dss's label target or the decompose solver's final answer; "
-                              f"method {method.name} has neither")
+    if args.gold_label and not method.supports_gold_label:
+        raise CotdistillError(f"--gold-label teaches the dataset's answer in place of the teacher's; method {method.name} "
+                              f"has no such target (methods that do: {', '.join(_declaring('supports_gold_label'))})")
+
+
+def _declaring(declaration: str) -> list[str]:
+    """The methods that declare `declaration`, for an error message."""
+    return [name for name, cls in METHODS.items() if getattr(cls, declaration)]
 
 
 def _check_model_type(args: TrainConfig, name: str, model: Any) -> None:
@@ -163,7 +175,8 @@ def _items(args: TrainConfig, store: Store, method: Method, pairs: list[tuple[An
         raise CotdistillError(f"{store.path}: no training examples left for method {method.name} "
                               "(all kept annotations' problems are in the dev set?)")
     groups = None
-    if args.objective in ("multitask", "mi"):
+    objective = OBJECTIVES[args.objective]
+    if objective.paired:
         by_annotation: dict[str, dict[str, Any]] = {}
         for annotation, example in pairs:
             by_annotation.setdefault(annotation.key, {})[example.role] = example
@@ -181,7 +194,7 @@ def _items(args: TrainConfig, store: Store, method: Method, pairs: list[tuple[An
         items = [example for _, example in pairs]
         annotations = [annotation for annotation, _ in pairs]
     logprobs = None
-    if args.objective == "kd" and teacher is None:
+    if objective.uses_stored_logprobs(white_box_teacher=teacher is not None):
         logprobs = [a.logprobs for a in annotations]
         check_teacher_tokens(TokenMap(tokenizer), logprobs, str(store.path))
     return items, logprobs, groups
@@ -216,7 +229,7 @@ def _dev_evaluator(problems: list[Problem], method: Method, tokenizer: Any, args
     def evaluate(model: Any) -> dict[str, float]:
         was_training = model.training
         backend = LocalModel("student", loaded=(model, tokenizer), batch_size=args.per_device_eval_batch_size)
-        traces = run_pipeline("single", problems, {"model": backend}, method.name,
+        traces = run_pipeline("single", problems, {"model": backend}, method,
                               Settings(max_new_tokens=args.dev_max_new_tokens))
         model.train(was_training)
         correct = sum(is_correct(t.answer, p.answer, p.kind) for t, p in zip(traces, problems))

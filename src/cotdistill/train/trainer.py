@@ -29,40 +29,16 @@ class DistillTrainer(Trainer):
         super().__init__(*args, **kwargs)
         self.teacher, self.critic, self.groups, self.dev = teacher, critic, groups, dev
         self.parts: dict[str, list[float]] = {}
+        self.objective = objectives.OBJECTIVES[self.args.objective]
         # Only plain SFT normalises by the tokens of all accumulated batches; the others
         # average per batch (per task), so the Trainer scales them for accumulation.
-        self.model_accepts_loss_kwargs = self.args.objective == "sft"
+        self.model_accepts_loss_kwargs = isinstance(self.objective, objectives.SFT)
         if critic is not None:
             self.add_callback(_CriticCallback(critic, self.accelerator))
 
     def compute_loss(self, model: Any, inputs: dict[str, Any], return_outputs: bool = False,
                      num_items_in_batch: torch.Tensor | int | None = None) -> Any:
-        args: TrainConfig = self.args
-        if args.objective in ("multitask", "mi"):
-            learned = args.objective == "mi" and args.mi_estimator == "learned"
-            label = objectives.targets(model, inputs["label"], hidden=learned)
-            rationale = objectives.targets(model, inputs["rationale"], hidden=learned)
-            parts = {"label_loss": objectives.nll(label), "rationale_loss": objectives.nll(rationale)}
-            loss = args.alpha * parts["label_loss"] + (1 - args.alpha) * parts["rationale_loss"]
-            if args.objective == "mi":
-                parts["mi_loss"] = (self.critic(objectives.pooled(label), objectives.pooled(rationale)) if learned
-                                    else objectives.soft_ce_mi(label, rationale))
-                loss = loss + args.beta * parts["mi_loss"]
-        elif args.objective == "kd":
-            t = objectives.targets(model, inputs)
-            parts = {"nll_loss": objectives.nll(t)}
-            if self.teacher is not None:
-                with torch.no_grad():
-                    teacher_logits = objectives.targets(self.teacher, inputs).logits
-                parts["kd_loss"] = objectives.kl_full(t, teacher_logits)
-            else:
-                parts["kd_loss"] = objectives.kl_top_k(t, inputs["kd_ids"], inputs["kd_logprobs"])
-            loss = (1 - args.kd_weight) * parts["nll_loss"] + args.kd_weight * parts["kd_loss"]
-        else:
-            loss = objectives.nll(objectives.targets(model, inputs), num_items_in_batch)
-            parts = {}
-            if num_items_in_batch is not None and args.average_tokens_across_devices:
-                loss = loss * self.accelerator.num_processes  # num_items counts every process's tokens
+        loss, parts = self.objective.loss(self, model, inputs, num_items_in_batch)
         for name, value in parts.items():
             self.parts.setdefault(name, []).append(float(value.detach()))
         return (loss, None) if return_outputs else loss
@@ -170,11 +146,9 @@ def make_trainer(model: Any, tokenizer: Any, config: TrainConfig, items: Sequenc
         token_map = TokenMap(tokenizer)
         for feature, logprobs in zip(features, teacher_logprobs):
             add_teacher_distribution(feature, token_map, logprobs)
-    critic = None
-    if config.objective == "mi" and config.mi_estimator == "learned":
-        with torch.random.fork_rng(devices=[]):  # seeded: a rerun starts from the same critic
-            torch.manual_seed(config.seed)
-            critic = objectives.InfoNCECritic(model.config.get_text_config().hidden_size).to(config.device)
+    critic = objectives.OBJECTIVES[config.objective].critic(config, model.config.get_text_config().hidden_size)
+    if critic is not None:
+        critic = critic.to(config.device)
     if teacher is not None:
         teacher.eval().requires_grad_(False)
     return DistillTrainer(model=model, args=config, train_dataset=features, data_collator=Collator(tokenizer.pad_token_id),

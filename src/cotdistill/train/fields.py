@@ -1,0 +1,55 @@
+"""TrainConfig's own fields, their defaults and help, torch-free: `TrainConfig` declares
+them from here and the CLI builds its training options from here, so a default or a help
+text is written once and `cotdistill --help` never imports torch.
+"""
+
+from __future__ import annotations
+
+from dataclasses import field
+from typing import Any
+
+FORMATS = ("zero-shot-cot", "zero-shot-answer", "few-shot-cot", "few-shot-answer")
+LEARNING_RATE = {True: 1e-3, False: 5e-5}  # LoRA on small models; full fine-tuning
+
+FIELDS: dict[str, tuple[Any, str]] = {
+    "model_type": ("auto", "auto (from the model's config), causal or seq2seq; a recipe written for one refuses the other"),
+    "lora": (True, "train LoRA adapters (peft) instead of all weights"),
+    "max_length": (512, "prompt + completion tokens (each side for seq2seq); longer examples are cut from the end"),
+    "check_memory": (True, "refuse, before the first step, a run whose estimated peak memory exceeds what is available"),
+    "learning_rate": (None, f"peak learning rate; default {LEARNING_RATE[True]:g} with LoRA, "
+                            f"{LEARNING_RATE[False]:g} for full fine-tuning"),
+    "objective": ("sft", "sft | multitask (dss: label + rationale tasks) | mi (multitask + mutual information) "
+                         "| kd (distribution matching)"),
+    "alpha": (0.5, "multitask/mi: L = alpha*L_label + (1-alpha)*L_rationale"),
+    "gold_label": (False, "teach the dataset's answer, not the teacher's (methods that support it: dss label task, "
+                          "decompose solver)"),
+    "beta": (0.1, "mi: weight of the mutual-information term"),
+    "mi_estimator": ("learned", "mi: learned (InfoNCE critic, a variational lower bound) or soft-ce (the public "
+                                "code's simplification)"),
+    "kd_weight": (0.5, "kd: L = kd_weight*KL + (1-kd_weight)*NLL"),
+    "kd_teacher": (None, "kd: a local teacher model with the student's tokenizer (white-box, full vocabulary); "
+                         "without it, the teacher top-k log-probs stored at annotation"),
+    "formats": (None, f"model specialization: comma-separated formats to mix, one per batch ({', '.join(FORMATS)})"),
+    "demonstrations": (4, "in-context examples in few-shot formats"),
+    "dev_task": (None, "evaluate each checkpoint on this task and keep the best (its problems never train)"),
+    "dev_data": (None, "local JSONL/JSON/CSV file of the dev task"),
+    "dev_split": ("test", "split of the dev task; a slice such as dev[400:] takes part of one"),
+    "dev_limit": (100, "dev problems"),
+    "early_stopping_patience": (None, "with a dev task: stop after this many evaluations without improvement"),
+}
+
+
+def option(name: str) -> Any:
+    """A TrainConfig field with its one default and help."""
+    default, text = FIELDS[name]
+    return field(default=default, metadata={"help": text})
+
+
+def describe(name: str) -> str:
+    """The CLI help of a training option: the field's help and its default."""
+    default, text = FIELDS[name]
+    return text if default is None else f"{text} (default {default})"
+
+
+def default_learning_rate(lora: bool) -> float:
+    return LEARNING_RATE[lora]
