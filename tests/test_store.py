@@ -39,3 +39,24 @@ def test_a_run_refuses_other_settings_under_its_name(tmp_path):
     store.start_run("eval:x", "eval", {"model": "a", "max_new_tokens": 64, "problems": 20})  # more problems: fine
     with pytest.raises(CotdistillError, match=r"run 'eval:x' exists with other settings \(max_new_tokens\)"):
         store.start_run("eval:x", "eval", {"model": "a", "max_new_tokens": 128, "problems": 20})
+
+
+def test_a_setting_missing_from_a_record_stands_for_its_default(tmp_path):
+    """The one recording rule: a run recorded before a setting existed resumes when the new
+    run leaves that setting at its default, and only then."""
+    import pytest
+
+    from cotdistill.errors import CotdistillError
+
+    defaults = {"samples": 1}
+    with Store(tmp_path) as store:
+        store.start_run("eval:x", "eval", {"model": "a", "problems": 5})  # an older record: no samples
+        store.finish_run("eval:x", {})
+        store.start_run("eval:x", "eval", {"model": "a", "samples": 1, "problems": 5}, defaults=defaults)
+        store.finish_run("eval:x", {})
+        with pytest.raises(CotdistillError, match=r"other settings \(samples\)"):
+            store.start_run("eval:x", "eval", {"model": "a", "samples": 8, "problems": 5}, defaults=defaults)
+        store.start_run("eval:y", "eval", {"model": "a", "problems": 5})
+        store.finish_run("eval:y", {})
+        with pytest.raises(CotdistillError, match=r"other settings \(samples\)"):  # no default given: a change
+            store.start_run("eval:y", "eval", {"model": "a", "samples": 1, "problems": 5})

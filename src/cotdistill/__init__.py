@@ -12,6 +12,8 @@ __version__ = "0.1.0"
 
 _API = {
     "annotate": "cotdistill.annotate",
+    "AnnotateConfig": "cotdistill.config",
+    "EvalConfig": "cotdistill.config",
     "export": "cotdistill.export",
     "get_method": "cotdistill.methods",
     "train": "cotdistill.train",

@@ -28,17 +28,17 @@ from typing import Any
 
 from tqdm.auto import tqdm
 
-from cotdistill.errors import CotdistillError, EnvironmentProblem, check_generation_options
+from cotdistill.config import GOLD, AnnotateConfig, configure
+from cotdistill.errors import CotdistillError, EnvironmentProblem
 from cotdistill.methods import Method, get_method
 from cotdistill.methods.base import check_answer
 from cotdistill.models import Completion, Messages
 from cotdistill.models.openai_api import PREFIX as API_PREFIX
-from cotdistill.models.openai_api import Budget, OpenAITeacher, api_config, load_backend
+from cotdistill.models.openai_api import APIConfig, Budget, OpenAITeacher, api_config, load_backend
 from cotdistill.sandbox import require_sandbox
 from cotdistill.store import Annotation, Store, model_in_run, request_key
 from cotdistill.tasks import Problem, get_task
 
-GOLD = "gold"
 FLUSH_ROWS, FLUSH_SECONDS = 64, 0.5
 
 
@@ -50,77 +50,53 @@ class Request:
     messages: Messages
 
 
-def annotate(
-    run_dir: str | Path,
-    task: str,
-    data: str | Path | None = None,
-    split: str = "train",
-    limit: int | None = None,
-    method: str = "cot",
-    teacher: str = GOLD,
-    samples: int = 1,
-    temperature: float = 0.7,
-    max_new_tokens: int = 256,
-    seed: int = 0,
-    batch_size: int = 32,
-    fields: dict[str, str] | None = None,
-    options: dict[str, str] | None = None,
-    prompts: str | Path | None = None,
-    api: dict[str, Any] | None = None,
-    verify_with: str | None = None,
-    status: bool = False,
-    weak_sandbox: bool = False,
-) -> dict[str, Any]:
-    """Annotate `limit` problems with `samples` teacher replies each; returns counts and spend.
+def annotate(run_dir: str | Path, config: AnnotateConfig | str | None = None, *, status: bool = False,
+             **settings: Any) -> dict[str, Any]:
+    """Have the teacher write `samples` rationales for each problem; returns counts and spend.
 
-    `api` sets the OpenAI-compatible backend (any `APIConfig` field but `model`: base_url,
-    concurrency, requests_per_minute, top_logprobs, prices, max_cost, max_tokens, ...).
-    `verify_with` (decompose only) names a solver model that must reach the gold answer
-    with a decomposition for it to be kept. `status` only reports done/pending/spend.
-    `weak_sandbox` lets a model's programs run where the kernel sandbox is incomplete.
+    `config` is an AnnotateConfig or a task name, and `settings` set its fields, so
+    `annotate(run, "gsm8k", method="pot", teacher="openai:gpt-4o-mini")` reads as the CLI does.
+    `status` only reports done / pending / spend.
     """
-    check_generation_options(samples, max_new_tokens, batch_size, limit, temperature)
-    if teacher == GOLD and samples != 1:
-        raise CotdistillError("the gold teacher has one rationale per problem: use --samples 1")
-    the_task = get_task(task, fields, options)
-    the_method = get_method(method, prompts)
-    if verify_with and not the_method.solver_verifies:
-        raise CotdistillError(f"--verify-with filters decompositions; method {method} has no solver stage")
-    if api and not any(name.startswith(API_PREFIX) for name in (teacher, verify_with or "")):
-        raise CotdistillError(f"API options ({', '.join(api)}) apply to openai:MODEL teachers, not {teacher!r}")
-    config = api_config(teacher, api)
+    c = configure(AnnotateConfig, "annotate", config, settings)
+    the_task = get_task(c.task, c.fields, c.options)
+    the_method = get_method(c.method, c.prompts)
+    if c.verify_with and not the_method.solver_verifies:
+        raise CotdistillError(f"--verify-with filters decompositions; method {c.method} has no solver stage")
+    if c.api and not any(name.startswith(API_PREFIX) for name in (c.teacher, c.verify_with or "")):
+        raise CotdistillError(f"API options ({', '.join(c.api)}) apply to openai:MODEL teachers, not {c.teacher!r}")
+    api = api_config(c.teacher, c.api)
     if the_method.runs_programs and not status:  # a sandbox that cannot run stops here, storing nothing
-        require_sandbox(model_written=teacher != GOLD, accept_weak=weak_sandbox)
-    problems = the_task.load(data, split, limit)
-    sampling: dict[str, Any] = {} if teacher == GOLD else {
-        "temperature": temperature, "max_new_tokens": max_new_tokens, "seed": seed}
-    if config and config.top_logprobs:
-        sampling["top_logprobs"] = config.top_logprobs
-    requests = [Request(request_key(teacher, the_method.name, messages, sampling, sample), problem, sample, messages)
+        require_sandbox(model_written=c.teacher != GOLD, accept_weak=c.weak_sandbox)
+    problems = the_task.load(c.data, c.split, c.limit)
+    sampling: dict[str, Any] = {} if c.teacher == GOLD else {
+        "temperature": c.temperature, "max_new_tokens": c.max_new_tokens, "seed": c.seed}
+    if api and api.top_logprobs:
+        sampling["top_logprobs"] = api.top_logprobs
+    requests = [Request(request_key(c.teacher, the_method.name, messages, sampling, sample), problem, sample, messages)
                 for problem in problems for messages in [the_method.teacher_messages(problem)]
-                for sample in range(samples)]
+                for sample in range(c.samples)]
     keys = [r.key for r in requests]
     with Store(run_dir) as store:
-        store.add_problems(the_task.name, split, problems)
+        store.add_problems(the_task.name, c.split, problems)
         # A paid teacher's job is held by one process at a time (pending is read inside the lease,
         # and everything is written before it is let go): two would pay twice for the same requests.
-        paid = config is not None and not status
-        with store.lease(f"annotate {method} with {teacher}", "a second run would pay for the same requests "
+        paid = api is not None and not status
+        with store.lease(f"annotate {c.method} with {c.teacher}", "a second run would pay for the same requests "
                          "again: wait for it to finish, then rerun to send what it left") if paid else nullcontext():
             done = store.annotation_keys(keys)
             pending = [r for r in requests if r.key not in done]
             result: dict[str, Any] = {}
             if pending and not status:
-                with tqdm(total=len(requests), initial=len(done), desc=f"annotate {method}", unit="req") as bar:
-                    writer = _Writer(store, the_task.name, split, the_method, teacher, bar)
+                with tqdm(total=len(requests), initial=len(done), desc=f"annotate {c.method}", unit="req") as bar:
+                    writer = _Writer(store, the_task.name, c.split, the_method, c.teacher, bar)
                     try:  # what finished is stored even when the run is interrupted
-                        result = _ask(teacher, config, the_method, pending, writer, store.annotation_spend(keys),
-                                      max_new_tokens, temperature, seed, batch_size)
+                        result = _ask(c, api, the_method, pending, writer, store.annotation_spend(keys))
                     finally:
                         writer.close()
-        if verify_with and not status:
-            solver = load_backend(model_in_run(run_dir, verify_with), api, batch_size)
-            result["verified"] = _verify(store, the_method, requests, solver, max_new_tokens)
+        if c.verify_with and not status:
+            solver = load_backend(model_in_run(run_dir, c.verify_with), c.api, c.batch_size)
+            result["verified"] = _verify(store, the_method, requests, solver, c.max_new_tokens)
         summary = {"problems": len(problems), "requests": len(requests), "new": 0 if status else len(pending),
                    **store.annotation_status(keys), **result}
     if result.get("failed"):  # stored as nothing: a recipe must not go on as if they had been answered
@@ -130,20 +106,20 @@ def annotate(
     return summary
 
 
-def _ask(teacher: str, config: Any, method: Method, pending: Sequence[Request], writer: _Writer,
-         spent: dict[str, Any], max_new_tokens: int, temperature: float, seed: int, batch_size: int) -> dict[str, Any]:
+def _ask(c: AnnotateConfig, api: APIConfig | None, method: Method, pending: Sequence[Request], writer: _Writer,
+         spent: dict[str, Any]) -> dict[str, Any]:
     """Send the pending requests to the teacher (the dataset's gold rationales, a server, or
     a local model), handing each completion to the writer as it finishes; returns what the
     summary adds (failures, retries, budget)."""
-    if teacher == GOLD:
+    if c.teacher == GOLD:
         for request in pending:
             writer.add(request, _gold_completion(method, request.problem))
         return {}
-    if config is not None:
-        budget = Budget(config, spent["cost"], spent["prompt_tokens"] + spent["completion_tokens"])
-        backend = OpenAITeacher(config)
-        counts = backend.run([(r.messages, seed + r.sample) for r in pending], max_new_tokens, temperature,
-                             method.stop, budget, lambda i, c: writer.add(pending[i], c))
+    if api is not None:
+        budget = Budget(api, spent["cost"], spent["prompt_tokens"] + spent["completion_tokens"])
+        backend = OpenAITeacher(api)
+        counts = backend.run([(r.messages, c.seed + r.sample) for r in pending], c.max_new_tokens, c.temperature,
+                             method.stop, budget, lambda i, completion: writer.add(pending[i], completion))
         result = {"failed": counts["failed"], "refused": counts["refused"], "retries": backend.retries,
                   "stopped_by_budget": budget.exhausted, "not_sent": counts["skipped"]}
         if backend.refusal:
@@ -151,11 +127,12 @@ def _ask(teacher: str, config: Any, method: Method, pending: Sequence[Request], 
         if backend.failure:
             result["first_failure"] = backend.failure
         return result
-    model = load_backend(teacher, batch_size=batch_size)  # a local model
-    chunk = max(batch_size, 1) * 4
+    model = load_backend(c.teacher, batch_size=c.batch_size)  # a local model
+    chunk = c.batch_size * 4
     for start in range(0, len(pending), chunk):
         batch = pending[start : start + chunk]
-        completions = model.generate([r.messages for r in batch], max_new_tokens, temperature, method.stop, seed + start)
+        completions = model.generate([r.messages for r in batch], c.max_new_tokens, c.temperature, method.stop,
+                                     c.seed + start)
         for request, completion in zip(batch, completions):
             writer.add(request, completion)
     return {}

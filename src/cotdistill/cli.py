@@ -12,8 +12,10 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from cotdistill.config import AnnotateConfig, EvalConfig, default_of, help_of
 from cotdistill.errors import CotdistillError
-from cotdistill.train.fields import FIELDS, default_learning_rate, describe
+from cotdistill.models.openai_api import PREFIX, APIConfig
+from cotdistill.train.fields import FIELDS
 
 app = typer.Typer(
     help="Distil a teacher LLM's step-by-step reasoning into a small student model.\n\n"
@@ -26,15 +28,33 @@ app = typer.Typer(
 )
 console = Console()
 
+A, E, API = AnnotateConfig, EvalConfig, APIConfig
+
+
+def _opt(config: type, name: str, *flags: str, **kwargs: Any) -> Any:
+    """A typer option whose help is the config field's: each option is declared once, in
+    config.py, APIConfig or train/fields.py (tests/test_config.py checks the defaults too)."""
+    return typer.Option(*flags, help=help_of(config, name), **kwargs)
+
+
 RunDir = Annotated[Path, typer.Option("--run-dir", "-r", help="Run directory (store, students, reports).")]
-TaskName = Annotated[str, typer.Option("--task", "-t", help="gsm8k (--split dev: its 500 held-out train problems), svamp, asdiv, multiarith, addsub, singleeq, aqua, strategyqa, commonsenseqa, arith, jsonl, csv, or a task .yaml file (see `cotdistill tasks`).")]
-Data = Annotated[Optional[Path], typer.Option("--data", "-d", help="Local JSONL/JSON/CSV file; without it, the task's Hugging Face dataset.")]
-Split = Annotated[str, typer.Option(help="Split name (hub datasets and arith).")]
-Limit = Annotated[Optional[int], typer.Option(help="Use only the first N problems.")]
-Method = Annotated[str, typer.Option("--method", "-m", help="Reasoning format (see `cotdistill methods`).")]
-Fields = Annotated[Optional[list[str]], typer.Option("--field", help="Map a record field: question=COL (A+B joins), answer=COL, id=COL.")]
-WeakSandbox = Annotated[bool, typer.Option("--weak-sandbox", help="Run model-written programs (pot, kpdd_pot) even where the kernel sandbox (Landlock, seccomp) is incomplete, under the Python-level filters only.")]
-Options = Annotated[Optional[list[str]], typer.Option("--option", help="Task knob KEY=VALUE, e.g. steps=3 for arith, kind=yesno.")]
+TaskName = Annotated[str, _opt(A, "task", "--task", "-t")]
+Data = Annotated[Optional[Path], _opt(A, "data", "--data", "-d")]
+Limit = Annotated[Optional[int], _opt(A, "limit")]
+Method = Annotated[str, _opt(A, "method", "--method", "-m")]
+Fields = Annotated[Optional[list[str]], _opt(A, "fields", "--field")]
+Options = Annotated[Optional[list[str]], _opt(A, "options", "--option")]
+WeakSandbox = Annotated[bool, _opt(A, "weak_sandbox", "--weak-sandbox")]
+Seed = Annotated[int, _opt(A, "seed")]
+BatchSize = Annotated[int, _opt(A, "batch_size")]
+MaxNewTokens = Annotated[int, _opt(A, "max_new_tokens")]
+BaseURL = Annotated[Optional[str], _opt(API, "base_url")]
+APIKeyEnv = Annotated[str, _opt(API, "api_key_env")]
+Concurrency = Annotated[int, _opt(API, "concurrency")]
+Timeout = Annotated[float, _opt(API, "timeout")]
+MaxRetries = Annotated[int, _opt(API, "max_retries")]
+PriceInput = Annotated[float, _opt(API, "price_input")]
+PriceOutput = Annotated[float, _opt(API, "price_output")]
 
 
 def _pairs(values: list[str] | None, flag: str) -> dict[str, str]:
@@ -63,49 +83,50 @@ def _show(result: Any) -> None:
 @app.command()
 def annotate(
     run_dir: RunDir = Path("runs/default"),
-    task: TaskName = "arith",
+    task: TaskName = default_of(A, "task"),
     data: Data = None,
-    split: Split = "train",
+    split: Annotated[str, _opt(A, "split")] = default_of(A, "split"),
     limit: Limit = None,
-    method: Method = "cot",
-    teacher: Annotated[str, typer.Option(help="'gold' (the task's reference rationales), openai:MODEL (any OpenAI-compatible server), smollm2-135m, a model directory or hub id.")] = "gold",
-    samples: Annotated[int, typer.Option(help="Teacher samples per problem (distinct seeds).")] = 1,
-    temperature: Annotated[float, typer.Option(help="Teacher sampling temperature.")] = 0.7,
-    max_new_tokens: Annotated[int, typer.Option(help="Longest teacher reply, in tokens.")] = 256,
-    seed: int = 0,
-    batch_size: Annotated[int, typer.Option(help="Local teachers: prompts per generation batch.")] = 32,
+    method: Method = default_of(A, "method"),
+    teacher: Annotated[str, _opt(A, "teacher")] = default_of(A, "teacher"),
+    samples: Annotated[int, _opt(A, "samples")] = default_of(A, "samples"),
+    temperature: Annotated[float, _opt(A, "temperature")] = default_of(A, "temperature"),
+    max_new_tokens: MaxNewTokens = default_of(A, "max_new_tokens"),
+    seed: Seed = default_of(A, "seed"),
+    batch_size: BatchSize = default_of(A, "batch_size"),
     field: Fields = None,
     option: Options = None,
-    prompts: Annotated[Optional[Path], typer.Option(help="YAML file overriding the method's instruction and/or demonstrations.")] = None,
-    base_url: Annotated[Optional[str], typer.Option(help="openai: teachers: server URL, e.g. http://localhost:8000/v1 (default $OPENAI_BASE_URL).")] = None,
-    api_key_env: Annotated[str, typer.Option(help="openai: teachers: environment variable holding the API key.")] = "OPENAI_API_KEY",
-    concurrency: Annotated[int, typer.Option(help="openai: teachers: requests in flight.")] = 16,
-    rpm: Annotated[Optional[float], typer.Option(help="openai: teachers: requests per minute limit.")] = None,
-    tpm: Annotated[Optional[float], typer.Option(help="openai: teachers: tokens per minute limit.")] = None,
-    timeout: Annotated[float, typer.Option(help="openai: teachers: seconds per request attempt.")] = 120.0,
-    max_retries: Annotated[int, typer.Option(help="openai: teachers: retries per request (429, 5xx, timeouts, resets).")] = 8,
-    top_logprobs: Annotated[int, typer.Option(help="openai: teachers: store the top-k log-probs of each token (for distribution matching).")] = 0,
-    price_input: Annotated[float, typer.Option(help="USD per million prompt tokens.")] = 0.0,
-    price_output: Annotated[float, typer.Option(help="USD per million completion tokens.")] = 0.0,
-    max_cost: Annotated[Optional[float], typer.Option(help="Hard cap on this job's spend in USD (earlier runs of the same job count).")] = None,
-    max_tokens: Annotated[Optional[int], typer.Option(help="Hard cap on this job's prompt + completion tokens.")] = None,
-    verify_with: Annotated[Optional[str], typer.Option(help="decompose: keep a decomposition only if this solver model reaches the gold answer with it.")] = None,
-    status: Annotated[bool, typer.Option("--status", help="Only show done / pending / rejected counts and spend.")] = False,
+    prompts: Annotated[Optional[Path], _opt(A, "prompts")] = None,
+    verify_with: Annotated[Optional[str], _opt(A, "verify_with")] = None,
     weak_sandbox: WeakSandbox = False,
+    base_url: BaseURL = None,
+    api_key_env: APIKeyEnv = default_of(API, "api_key_env"),
+    concurrency: Concurrency = default_of(API, "concurrency"),
+    rpm: Annotated[Optional[float], _opt(API, "requests_per_minute")] = None,
+    tpm: Annotated[Optional[float], _opt(API, "tokens_per_minute")] = None,
+    timeout: Timeout = default_of(API, "timeout"),
+    max_retries: MaxRetries = default_of(API, "max_retries"),
+    top_logprobs: Annotated[int, _opt(API, "top_logprobs")] = default_of(API, "top_logprobs"),
+    price_input: PriceInput = default_of(API, "price_input"),
+    price_output: PriceOutput = default_of(API, "price_output"),
+    max_cost: Annotated[Optional[float], _opt(API, "max_cost")] = None,
+    max_tokens: Annotated[Optional[int], _opt(API, "max_tokens")] = None,
+    status: Annotated[bool, typer.Option("--status", help="Only show done / pending / rejected counts and spend.")] = False,
 ) -> None:
     """Have a teacher write rationales; keep those whose answer checks out."""
     from cotdistill.annotate import annotate as run
 
     api = None
-    if any(name.startswith("openai:") for name in (teacher, verify_with or "")):  # teacher or verifying solver
+    if any(name.startswith(PREFIX) for name in (teacher, verify_with or "")):  # teacher or verifying solver
         api = {"base_url": base_url, "api_key_env": api_key_env, "concurrency": concurrency,
                "requests_per_minute": rpm, "tokens_per_minute": tpm, "timeout": timeout, "max_retries": max_retries,
                "top_logprobs": top_logprobs, "price_input": price_input, "price_output": price_output,
                "max_cost": max_cost, "max_tokens": max_tokens}
-    _show(run(run_dir, task, data=data, split=split, limit=limit, method=method, teacher=teacher, samples=samples,
-              temperature=temperature, max_new_tokens=max_new_tokens, seed=seed, batch_size=batch_size,
-              fields=_pairs(field, "--field"), options=_pairs(option, "--option"), prompts=prompts, api=api,
-              verify_with=verify_with, status=status, weak_sandbox=weak_sandbox))
+    config = AnnotateConfig(task=task, data=data, split=split, limit=limit, method=method, teacher=teacher,
+                            samples=samples, temperature=temperature, max_new_tokens=max_new_tokens, seed=seed,
+                            batch_size=batch_size, fields=_pairs(field, "--field"), options=_pairs(option, "--option"),
+                            prompts=prompts, api=api, verify_with=verify_with, weak_sandbox=weak_sandbox)
+    _show(run(run_dir, config, status=status))
 
 
 @app.command()
@@ -139,6 +160,11 @@ def export_model(
     _show(run(run_dir, student, out, dtype=dtype, max_new_tokens=max_new_tokens, push_to_hub=push_to_hub))
 
 
+def _field(name: str) -> Any:
+    """A TrainConfig field's option (help from train/fields.py; typer shows the default)."""
+    return typer.Option(help=FIELDS[name][1])
+
+
 @app.command()
 def train(
     run_dir: RunDir = Path("runs/default"),
@@ -146,41 +172,41 @@ def train(
     student: Annotated[str, typer.Option(help="Base model: smollm2-135m, a directory or a hub id.")] = "smollm2-135m",
     method: Method = "cot",
     task: Annotated[Optional[str], typer.Option(help="Only annotations of this task (default: all).")] = None,
-    lora: Annotated[bool, typer.Option("--lora/--full", help=describe("lora"))] = True,
+    lora: Annotated[bool, typer.Option("--lora/--full", help=FIELDS["lora"][1])] = FIELDS["lora"][0],
     epochs: Annotated[float, typer.Option(help="Passes over the training examples.")] = 2.0,
     max_steps: Annotated[int, typer.Option(help="Stop after N optimizer steps (-1: by epochs).")] = -1,
-    learning_rate: Annotated[Optional[float], typer.Option(help=describe("learning_rate"))] = None,
+    learning_rate: Annotated[Optional[float], _field("learning_rate")] = FIELDS["learning_rate"][0],
     batch_size: int = 8,
-    max_length: Annotated[int, typer.Option(help=describe("max_length"))] = FIELDS["max_length"][0],
+    max_length: Annotated[int, _field("max_length")] = FIELDS["max_length"][0],
     seed: int = 0,
     role: Annotated[Optional[list[str]], typer.Option(help="Which of the method's students to train (e.g. qg, qa, unified; see `cotdistill methods`).")] = None,
-    objective: Annotated[Optional[str], typer.Option(help=describe("objective"))] = None,
-    alpha: Annotated[Optional[float], typer.Option(help=describe("alpha"))] = None,
-    gold_label: Annotated[bool, typer.Option("--gold-label", help=describe("gold_label"))] = False,
-    beta: Annotated[Optional[float], typer.Option(help=describe("beta"))] = None,
-    mi_estimator: Annotated[Optional[str], typer.Option(help=describe("mi_estimator"))] = None,
-    kd_weight: Annotated[Optional[float], typer.Option(help=describe("kd_weight"))] = None,
-    kd_teacher: Annotated[Optional[str], typer.Option(help=describe("kd_teacher"))] = None,
-    formats: Annotated[Optional[str], typer.Option(help=describe("formats"))] = None,
-    dev_task: Annotated[Optional[str], typer.Option(help=describe("dev_task"))] = None,
-    dev_data: Annotated[Optional[Path], typer.Option(help=describe("dev_data"))] = None,
-    dev_split: Annotated[Optional[str], typer.Option(help=describe("dev_split"))] = None,
-    dev_limit: Annotated[Optional[int], typer.Option(help=describe("dev_limit"))] = None,
-    early_stopping_patience: Annotated[Optional[int], typer.Option(help=describe("early_stopping_patience"))] = None,
+    objective: Annotated[str, _field("objective")] = FIELDS["objective"][0],
+    alpha: Annotated[float, _field("alpha")] = FIELDS["alpha"][0],
+    gold_label: Annotated[bool, typer.Option("--gold-label", help=FIELDS["gold_label"][1])] = FIELDS["gold_label"][0],
+    beta: Annotated[float, _field("beta")] = FIELDS["beta"][0],
+    mi_estimator: Annotated[str, _field("mi_estimator")] = FIELDS["mi_estimator"][0],
+    kd_weight: Annotated[float, _field("kd_weight")] = FIELDS["kd_weight"][0],
+    kd_teacher: Annotated[Optional[str], _field("kd_teacher")] = FIELDS["kd_teacher"][0],
+    formats: Annotated[Optional[str], _field("formats")] = FIELDS["formats"][0],
+    dev_task: Annotated[Optional[str], _field("dev_task")] = FIELDS["dev_task"][0],
+    dev_data: Annotated[Optional[Path], _field("dev_data")] = FIELDS["dev_data"][0],
+    dev_split: Annotated[str, _field("dev_split")] = FIELDS["dev_split"][0],
+    dev_limit: Annotated[int, _field("dev_limit")] = FIELDS["dev_limit"][0],
+    early_stopping_patience: Annotated[Optional[int], _field("early_stopping_patience")] = FIELDS["early_stopping_patience"][0],
     report_to: Annotated[Optional[str], typer.Option(help="tensorboard (default), wandb, mlflow, none, ...")] = None,
     set_: Annotated[Optional[list[str]], typer.Option("--set", help="Any TrainConfig/TrainingArguments field KEY=VALUE (YAML value).")] = None,
 ) -> None:
     """Fine-tune a student on the kept annotations of one method (resumes from its last checkpoint)."""
     from cotdistill.train import train as run
 
-    config: dict[str, Any] = {"lora": lora, "num_train_epochs": epochs, "max_steps": max_steps,
-                              "learning_rate": learning_rate or default_learning_rate(lora),
-                              "per_device_train_batch_size": batch_size, "max_length": max_length, "seed": seed}
-    chosen = dict(objective=objective, alpha=alpha, gold_label=gold_label or None, beta=beta, mi_estimator=mi_estimator,
-                  kd_weight=kd_weight, kd_teacher=kd_teacher, formats=formats, dev_task=dev_task,
-                  dev_data=str(dev_data) if dev_data else None, dev_split=dev_split, dev_limit=dev_limit,
-                  early_stopping_patience=early_stopping_patience, report_to=report_to)
-    config.update({k: v for k, v in chosen.items() if v is not None})  # only what was chosen: older runs still resume
+    config: dict[str, Any] = dict(
+        lora=lora, num_train_epochs=epochs, max_steps=max_steps, learning_rate=learning_rate,
+        per_device_train_batch_size=batch_size, max_length=max_length, seed=seed, objective=objective, alpha=alpha,
+        gold_label=gold_label, beta=beta, mi_estimator=mi_estimator, kd_weight=kd_weight, kd_teacher=kd_teacher,
+        formats=formats, dev_task=dev_task, dev_data=str(dev_data) if dev_data else None, dev_split=dev_split,
+        dev_limit=dev_limit, early_stopping_patience=early_stopping_patience)
+    if report_to:  # TrainingArguments' own default otherwise
+        config["report_to"] = report_to
     config.update({k: _yaml_value(v) for k, v in _pairs(set_, "--set").items()})
     output = run(run_dir, name=name, student=student, method=method, task=task, roles=role, **config)
     console.print(f"student saved in [bold]{output}[/bold]")
@@ -190,45 +216,46 @@ def train(
 def evaluate(
     run_dir: RunDir = Path("runs/default"),
     model: Annotated[Optional[list[str]], typer.Option(help="MODEL for the single-stage pipeline, or STAGE=MODEL per stage (repeat): a student of this run by name, smollm2-135m, a directory, a hub id or openai:MODEL.")] = None,
-    pipeline: Annotated[str, typer.Option(help="single, or a pipeline of the method's own with a model per stage (see `cotdistill methods`).")] = "single",
-    task: TaskName = "arith",
+    pipeline: Annotated[str, _opt(E, "pipeline")] = default_of(E, "pipeline"),
+    task: TaskName = default_of(E, "task"),
     data: Data = None,
-    split: Split = "test",
+    split: Annotated[str, _opt(E, "split")] = default_of(E, "split"),
     limit: Limit = None,
-    method: Method = "cot",
-    name: Annotated[Optional[str], typer.Option(help="Name of this eval run in the store and report.")] = None,
-    temperature: Annotated[float, typer.Option(help="0 = greedy.")] = 0.0,
-    samples: Annotated[int, typer.Option(help="Samples per problem; > 1 (with temperature > 0) votes on the answer: self-consistency.")] = 1,
-    max_new_tokens: int = 256,
-    batch_size: int = 32,
-    seed: int = 0,
+    method: Method = default_of(E, "method"),
+    name: Annotated[Optional[str], _opt(E, "name")] = None,
+    temperature: Annotated[float, _opt(E, "temperature")] = default_of(E, "temperature"),
+    samples: Annotated[int, _opt(E, "samples")] = default_of(E, "samples"),
+    max_new_tokens: MaxNewTokens = default_of(E, "max_new_tokens"),
+    batch_size: BatchSize = default_of(E, "batch_size"),
+    seed: Seed = default_of(E, "seed"),
     field: Fields = None,
     option: Options = None,
-    base_url: Annotated[Optional[str], typer.Option(help="openai: models: server URL (default $OPENAI_BASE_URL).")] = None,
-    api_key_env: Annotated[str, typer.Option(help="openai: models: environment variable holding the API key.")] = "OPENAI_API_KEY",
-    concurrency: Annotated[int, typer.Option(help="openai: models: requests in flight.")] = 16,
-    timeout: Annotated[float, typer.Option(help="openai: models: seconds per request attempt.")] = 120.0,
-    max_retries: Annotated[int, typer.Option(help="openai: models: retries per request (429, 5xx, timeouts, resets).")] = 8,
-    price_input: Annotated[float, typer.Option(help="openai: models: USD per million prompt tokens.")] = 0.0,
-    price_output: Annotated[float, typer.Option(help="openai: models: USD per million completion tokens.")] = 0.0,
     weak_sandbox: WeakSandbox = False,
+    base_url: BaseURL = None,
+    api_key_env: APIKeyEnv = default_of(API, "api_key_env"),
+    concurrency: Concurrency = default_of(API, "concurrency"),
+    timeout: Timeout = default_of(API, "timeout"),
+    max_retries: MaxRetries = default_of(API, "max_retries"),
+    price_input: PriceInput = default_of(API, "price_input"),
+    price_output: PriceOutput = default_of(API, "price_output"),
 ) -> None:
     """Evaluate a pipeline: accuracy (strict and flexible, 95% CI) and cost per stage (calls, tokens, time, FLOPs, USD)."""
     from cotdistill.evaluate import evaluate as run
 
-    values = model or ["smollm2-135m"]
+    values = model or [default_of(E, "model")]
     stages = _pairs([v for v in values if "=" in v], "--model")
     single = [v for v in values if "=" not in v]
     if len(single) > 1 or (single and stages):
         raise CotdistillError("--model: give one MODEL, or STAGE=MODEL for each stage")
     api = {"base_url": base_url, "api_key_env": api_key_env, "concurrency": concurrency, "timeout": timeout,
            "max_retries": max_retries, "price_input": price_input, "price_output": price_output}
-    uses_api = any(v.split("=", 1)[-1].startswith("openai:") for v in values)
-    _show(run(run_dir, model=single[0] if single else "smollm2-135m", models=stages or None, pipeline=pipeline,
-              task=task, data=data, split=split, limit=limit, method=method, name=name, temperature=temperature,
-              samples=samples, max_new_tokens=max_new_tokens, batch_size=batch_size, seed=seed,
-              fields=_pairs(field, "--field"), options=_pairs(option, "--option"), api=api if uses_api else None,
-              weak_sandbox=weak_sandbox))
+    uses_api = any(v.split("=", 1)[-1].startswith(PREFIX) for v in values)
+    config = EvalConfig(model=single[0] if single else default_of(E, "model"), models=stages or None,
+                        pipeline=pipeline, task=task, data=data, split=split, limit=limit, method=method, name=name,
+                        temperature=temperature, samples=samples, max_new_tokens=max_new_tokens,
+                        batch_size=batch_size, seed=seed, fields=_pairs(field, "--field"),
+                        options=_pairs(option, "--option"), api=api if uses_api else None, weak_sandbox=weak_sandbox)
+    _show(run(run_dir, config))
 
 
 @app.command()

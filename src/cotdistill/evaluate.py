@@ -15,7 +15,8 @@ from pathlib import Path
 from typing import Any
 
 from cotdistill.answers import extract_flexible, is_correct
-from cotdistill.errors import CotdistillError, EnvironmentProblem, check_generation_options
+from cotdistill.config import EvalConfig, configure
+from cotdistill.errors import CotdistillError, EnvironmentProblem
 from cotdistill.methods import Method, get_method, pipeline_owners
 from cotdistill.models.openai_api import load_backend
 from cotdistill.pipeline import Settings, Trace, check_pipeline, run_pipeline, vote
@@ -34,62 +35,41 @@ def wilson_interval(successes: int, n: int, z: float = 1.96) -> tuple[float, flo
     return max(0.0, centre - half), min(1.0, centre + half)
 
 
-def evaluate(
-    run_dir: str | Path,
-    model: str = "smollm2-135m",
-    task: str = "arith",
-    data: str | Path | None = None,
-    split: str = "test",
-    limit: int | None = None,
-    method: str = "cot",
-    name: str | None = None,
-    temperature: float = 0.0,
-    max_new_tokens: int = 256,
-    batch_size: int = 32,
-    seed: int = 0,
-    fields: dict[str, str] | None = None,
-    options: dict[str, str] | None = None,
-    pipeline: str = "single",
-    models: dict[str, str] | None = None,
-    samples: int = 1,
-    api: dict[str, Any] | None = None,
-    weak_sandbox: bool = False,
-) -> dict[str, float]:
+def evaluate(run_dir: str | Path, config: EvalConfig | str | None = None, **settings: Any) -> dict[str, float]:
     """Evaluate a pipeline on a task: `model` for the single-stage pipeline, or `models`
     (stage -> model: a student of this run by name, an alias, a directory, a hub id or
     openai:MODEL). `samples` > 1 with temperature > 0 adds self-consistency voting.
-    `api` sets the OpenAI-compatible backend (APIConfig fields: base_url, prices, ...).
-    `weak_sandbox` lets the model's programs run where the kernel sandbox is incomplete."""
-    check_generation_options(samples, max_new_tokens, batch_size, limit, temperature)
-    the_task = get_task(task, fields, options)
-    the_method = get_method(method)  # an unknown method fails here, before any data or model is loaded
-    stages = dict(models or {"model": model})
-    owners = pipeline_owners(pipeline)
-    if pipeline != "single" and pipeline not in the_method.pipelines and owners:  # a chosen pipeline names its method
-        raise CotdistillError(f"pipeline {pipeline} runs method {' or '.join(owners)}, not {method}: "
+
+    `config` is an EvalConfig or a task name, and `settings` set its fields, so
+    `evaluate(run, "gsm8k", split="dev", model="cot")` reads as the CLI does."""
+    c = configure(EvalConfig, "eval", config, settings)
+    the_task = get_task(c.task, c.fields, c.options)
+    the_method = get_method(c.method)  # an unknown method fails here, before any data or model is loaded
+    owners = pipeline_owners(c.pipeline)
+    if c.pipeline != "single" and c.pipeline not in the_method.pipelines and owners:  # a pipeline names its method
+        raise CotdistillError(f"pipeline {c.pipeline} runs method {' or '.join(owners)}, not {c.method}: "
                               f"add --method {owners[0]}")
-    check_pipeline(pipeline, list(stages), the_method)
+    check_pipeline(c.pipeline, list(c.stages), the_method)
     if the_method.runs_programs:  # a sandbox that cannot run stops here, before the run is registered
-        require_sandbox(model_written=True, accept_weak=weak_sandbox)
-    problems = the_task.load(data, split, limit)
-    paths = {stage: model_in_run(run_dir, name_) for stage, name_ in stages.items()}
-    label = model if stages == {"model": model} else ",".join(f"{k}={v}" for k, v in stages.items())
-    run = name or f"eval:{label}:{the_task.name}:{split}" + ("" if pipeline == "single" else f":{pipeline}")
-    config: dict[str, Any] = {"model": label, "model_path": paths.get("model", ""), "task": the_task.name,
-                              "split": split, "method": method, "temperature": temperature,
-                              "max_new_tokens": max_new_tokens, "problems": len(problems)}
-    if pipeline != "single" or models or samples != 1:  # recorded only when used, so older runs still resume
-        config.update(pipeline=pipeline, models=stages, samples=samples)
+        require_sandbox(model_written=True, accept_weak=c.weak_sandbox)
+    problems = the_task.load(c.data, c.split, c.limit)
+    paths = {stage: model_in_run(run_dir, name) for stage, name in c.stages.items()}
+    label = c.model if c.stages == {"model": c.model} else ",".join(f"{k}={v}" for k, v in c.stages.items())
+    run = c.name or f"eval:{label}:{the_task.name}:{c.split}" + ("" if c.pipeline == "single" else f":{c.pipeline}")
+    recorded = {"model": label, "model_path": paths.get("model", ""), "task": the_task.name, "split": c.split,
+                "method": c.method, "temperature": c.temperature, "max_new_tokens": c.max_new_tokens,
+                "pipeline": c.pipeline, "models": c.stages, "samples": c.samples, "problems": len(problems)}
     with Store(run_dir) as store:
-        store.add_problems(the_task.name, split, problems)
+        store.add_problems(the_task.name, c.split, problems)
         done = store.predicted(run)
-        store.start_run(run, "eval", config, produced=bool(done))
-        pending = [p for p in problems if any((p.id, s) not in done for s in range(samples))]
+        store.start_run(run, "eval", recorded, produced=bool(done),
+                        defaults={"pipeline": "single", "models": {"model": label}, "samples": 1})
+        pending = [p for p in problems if any((p.id, s) not in done for s in range(c.samples))]
         if pending:
-            backends = {path: load_backend(path, api, batch_size) for path in dict.fromkeys(paths.values())}
+            backends = {path: load_backend(path, c.api, c.batch_size) for path in dict.fromkeys(paths.values())}
             failed, sent, reason = _predict(store, run, pending, {stage: backends[path] for stage, path in paths.items()},
-                                            pipeline, the_method, samples, Settings(max_new_tokens, temperature, seed),
-                                            batch_size * 4)
+                                            c.pipeline, the_method, c.samples,
+                                            Settings(c.max_new_tokens, c.temperature, c.seed), c.batch_size * 4)
             if failed:
                 raise EnvironmentProblem(
                     f"eval {run}: {failed} of {sent} requests failed ({reason}); their problems are not scored and "

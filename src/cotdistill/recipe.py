@@ -1,7 +1,8 @@
 """run: execute a YAML recipe's steps in the order written, torchtune-style.
 
 A recipe is the whole experiment on one page: `run_dir`, then `steps`, each one verb
-(annotate, train, eval, report) with the keyword arguments of its Python function.
+(annotate, train, eval, report) with the settings of its config (AnnotateConfig,
+TrainConfig, EvalConfig), as its Python function takes them.
 Every step skips what the store says is done, so rerunning a recipe resumes it.
 
 Sizes are variables, so one recipe holds both the 2-core run and the paper-size one:
@@ -14,6 +15,7 @@ out-of-distribution sets of a comparison written once.
 
 from __future__ import annotations
 
+import dataclasses
 import enum
 import inspect
 import os
@@ -27,6 +29,7 @@ from typing import Any
 from rich.console import Console
 
 from cotdistill.annotate import annotate
+from cotdistill.config import AnnotateConfig, EvalConfig
 from cotdistill.errors import CotdistillError
 from cotdistill.evaluate import evaluate
 from cotdistill.report import report
@@ -34,6 +37,7 @@ from cotdistill.tasks.records import read_yaml
 from cotdistill.train import TrainConfig, train
 
 STEPS: dict[str, Callable[..., Any]] = {"annotate": annotate, "train": train, "eval": evaluate, "report": report}
+CONFIGS: dict[str, type] = {"annotate": AnnotateConfig, "train": TrainConfig, "eval": EvalConfig}
 BUNDLED = Path(__file__).parent / "recipes"
 
 
@@ -180,14 +184,13 @@ def _expand_evals(path: Path, steps: list[Any]) -> list[Any]:
 
 
 def _check_arguments(path: Path, index: int, verb: str, arguments: dict[str, Any]) -> None:
-    """Names and value types against the step function's own signature (and TrainConfig's
-    fields for train), so a recipe fails on load, not hours into its run."""
-    hints = _hints(STEPS[verb])
-    if verb == "train":
-        hints = {**_hints(TrainConfig), **hints}
-    accepted = set(inspect.signature(STEPS[verb]).parameters) - {"run_dir", "config"}
-    if verb == "train":
-        accepted |= set(TrainConfig.__dataclass_fields__)
+    """Names and value types against the step's config (AnnotateConfig, TrainConfig,
+    EvalConfig) and its function's own keywords, so a recipe fails on load, not hours into its run."""
+    function = inspect.signature(STEPS[verb]).parameters
+    config = CONFIGS.get(verb)
+    hints = {**(_hints(config) if config else {}), **_hints(STEPS[verb])}
+    accepted = {name for name, p in function.items() if p.kind != p.VAR_KEYWORD} - {"run_dir", "config"}
+    accepted |= {f.name for f in dataclasses.fields(config)} if config else set()
     unknown = set(arguments) - accepted
     if unknown:
         raise CotdistillError(f"{path}: step {index} ({verb}): unknown argument(s) {', '.join(sorted(map(str, unknown)))}")

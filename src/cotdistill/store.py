@@ -304,9 +304,10 @@ class Store:
         return [_annotation(r) for r in self.db.execute(query + " ORDER BY rowid", args)]
 
     # runs -------------------------------------------------------------------------------
-    def start_run(self, name: str, kind: str, config: dict[str, Any], produced: bool = True) -> None:
+    def start_run(self, name: str, kind: str, config: dict[str, Any], produced: bool = True,
+                  defaults: dict[str, Any] | None = None) -> None:
         """Record a run; an earlier run of the same name and settings is resumed, not duplicated."""
-        self.check_settings(name, config, produced)
+        self.check_settings(name, config, produced, defaults)
         with self.db:
             self.db.execute(
                 "INSERT INTO runs (name, kind, config, status, started) VALUES (?, ?, ?, 'running', ?) "
@@ -314,20 +315,24 @@ class Store:
                 (name, kind, json.dumps(config), time.time()),
             )
 
-    def check_settings(self, name: str, config: dict[str, Any], produced: bool = True) -> None:
+    def check_settings(self, name: str, config: dict[str, Any], produced: bool = True,
+                       defaults: dict[str, Any] | None = None) -> None:
         """Refuse to resume a run under settings other than its own: its stored results would be
         silently mixed with, or taken for, results of the new settings. Sizes may grow.
         `produced`: whether the earlier attempt left anything (predictions, checkpoints); an
         unfinished one that left nothing (a dead server, a wrong path, killed for memory
-        before its first checkpoint) binds nothing, and may be retried with other settings."""
+        before its first checkpoint) binds nothing, and may be retried with other settings.
+        A setting missing from either record stands for its value in `defaults`: a run
+        recorded before the setting existed (or by a caller that left it out) still resumes."""
         previous = self.run(name)
         if previous is None or (previous["status"] != "done" and not produced):
             return
         sizes = {"problems", "examples"}
         old = {k: v for k, v in previous["config"].items() if k not in sizes}
         new = {k: v for k, v in json.loads(json.dumps(config)).items() if k not in sizes}
-        if old != new:
-            changed = sorted(k for k in old.keys() | new.keys() if old.get(k) != new.get(k))
+        fallback = json.loads(json.dumps(defaults or {}, default=str))
+        changed = sorted(k for k in old.keys() | new.keys() if old.get(k, fallback.get(k)) != new.get(k, fallback.get(k)))
+        if changed:
             raise CotdistillError(f"{self.path}: run {name!r} exists with other settings ({', '.join(changed)}); "
                                   "give this one another name")
 

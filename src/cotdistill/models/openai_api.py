@@ -29,6 +29,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, fields, replace
 from typing import Any
 
+from cotdistill.config import setting
 from cotdistill.errors import CotdistillError, at_least
 from cotdistill.models.contract import Completion, Messages
 
@@ -38,20 +39,22 @@ PREFIX = "openai:"
 @dataclass(frozen=True)
 class APIConfig:
     model: str
-    base_url: str | None = None  # default: $OPENAI_BASE_URL, else OpenAI's
-    api_key_env: str = "OPENAI_API_KEY"  # local servers accept any key; "EMPTY" is sent if unset
-    concurrency: int = 16
-    requests_per_minute: float | None = None
-    tokens_per_minute: float | None = None
-    timeout: float = 120.0  # seconds per request attempt
-    max_retries: int = 8
-    backoff: float = 1.0  # first retry waits up to this many seconds; doubles each time
-    max_backoff: float = 60.0
-    top_logprobs: int = 0  # >0: store the top-k log-probs of every generated token
-    price_input: float = 0.0  # USD per million prompt tokens
-    price_output: float = 0.0  # USD per million completion tokens
-    max_cost: float | None = None  # USD for the whole annotation job
-    max_tokens: int | None = None  # prompt + completion tokens for the whole job
+    base_url: str | None = setting(None, "server URL, e.g. http://localhost:8000/v1 (default $OPENAI_BASE_URL, "
+                                         "else OpenAI's)")
+    api_key_env: str = setting("OPENAI_API_KEY", "environment variable holding the API key (local servers take "
+                                                 "any: 'EMPTY' is sent if unset)")
+    concurrency: int = setting(16, "requests in flight")
+    requests_per_minute: float | None = setting(None, "requests per minute limit")
+    tokens_per_minute: float | None = setting(None, "tokens per minute limit")
+    timeout: float = setting(120.0, "seconds per request attempt")
+    max_retries: int = setting(8, "retries per request (429, 5xx, timeouts, resets)")
+    backoff: float = setting(1.0, "the first retry waits up to this many seconds; doubles each time")
+    max_backoff: float = setting(60.0, "longest wait between retries")
+    top_logprobs: int = setting(0, "store the top-k log-probs of each generated token (for distribution matching)")
+    price_input: float = setting(0.0, "USD per million prompt tokens")
+    price_output: float = setting(0.0, "USD per million completion tokens")
+    max_cost: float | None = setting(None, "hard cap on the job's spend in USD (earlier runs of the same job count)")
+    max_tokens: int | None = setting(None, "hard cap on the job's prompt + completion tokens")
 
     def __post_init__(self) -> None:
         if "://" in self.model:

@@ -45,11 +45,5 @@ def option(name: str) -> Any:
     return field(default=default, metadata={"help": text})
 
 
-def describe(name: str) -> str:
-    """The CLI help of a training option: the field's help and its default."""
-    default, text = FIELDS[name]
-    return text if default is None else f"{text} (default {default})"
-
-
 def default_learning_rate(lora: bool) -> float:
     return LEARNING_RATE[lora]

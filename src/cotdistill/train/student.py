@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Sequence
+from dataclasses import MISSING, fields
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +29,7 @@ from cotdistill.tasks import Problem, get_task
 from cotdistill.train.config import TrainConfig
 from cotdistill.train import memory
 from cotdistill.train.data import TokenMap, check_teacher_tokens, tokenize_example
+from cotdistill.train.fields import default_learning_rate
 from cotdistill.train.formats import format_examples
 from cotdistill.train.objectives import OBJECTIVES
 from cotdistill.train.trainer import load_critic, make_trainer
@@ -58,43 +60,31 @@ def train(
         raise CotdistillError(f"train: {error}") from None
     run_name = f"train:{name}"
     the_method = get_method(method)
-    chosen = {"roles": roles} if roles else {}  # recorded only when chosen, so older runs still resume
+    settings, defaults = _recorded(args, config, student=student, method=method, task=task, split=split, roles=roles)
     roles = list(roles or the_method.train_roles)
-    settings = {"student": student, "method": method, "task": task, "split": split, **chosen, **config}
     produced = any((output / "checkpoints").glob("checkpoint-*"))
     with Store(run_dir) as store:
-        store.check_settings(run_name, settings, produced)
+        store.check_settings(run_name, settings, produced, defaults)
         previous = store.run(run_name)
         if previous and previous["status"] == "done" and (output / "cotdistill.json").is_file():
             return output
         _check_objective(args, the_method, roles)
-        dev_task, dev = _dev_problems(args)
-        pairs = stored_examples(store, the_method, roles, task, split, **({"gold_label": True} if args.gold_label else {}))
-        dev_ids = {(dev_task, args.dev_split, p.id) for p in dev}
-        pairs = [(a, e) for a, e in pairs if (a.task, a.split, a.problem_id) not in dev_ids]  # dev problems never train
+        dev, pairs = _setup_data(args, store, the_method, roles, task, split)
         model, tokenizer = _setup_model(args, student)
         teacher = _kd_teacher(args, tokenizer) if OBJECTIVES[args.objective].teacher_model and args.kd_teacher else None
         items, logprobs, groups = _items(args, store, the_method, pairs, tokenizer, teacher)
         memory.check(model, args, _longest(items, model, tokenizer, args), paired=isinstance(items[0], dict))
         main = PartialState().is_main_process  # under `accelerate launch`, one process keeps the records
         if main:
-            store.start_run(run_name, "train", {**settings, "examples": len(items)}, produced)
+            store.start_run(run_name, "train", {**settings, "examples": len(items)}, produced, defaults)
         trainer = make_trainer(model, tokenizer, args, items, logprobs, teacher, groups,
                                _dev_evaluator(dev, the_method, tokenizer, args) if dev else None)
-        for callback in [*callbacks, *([EarlyStoppingCallback(args.early_stopping_patience)]
-                                       if args.early_stopping_patience else [])]:
-            trainer.add_callback(callback)
-        last = get_last_checkpoint(args.output_dir) if Path(args.output_dir).is_dir() else None
-        if trainer.critic is not None:
-            load_critic(trainer.critic, last)
-        started = time.perf_counter()
-        result = trainer.train(resume_from_checkpoint=last)
+        last, loss, seconds = _fit(trainer, args, callbacks)
         trainer.save_model(str(output))  # every process takes part: ZeRO-3 / FSDP gather the weights here
         if main:
             tokenizer.save_pretrained(output)
-            summary = _summary(trainer, result.training_loss, time.perf_counter() - started, last, len(dev),
-                               student=student, method=method, roles=roles, objective=args.objective,
-                               examples=len(items), lora=args.lora)
+            summary = _summary(trainer, loss, seconds, last, len(dev), student=student, method=method, roles=roles,
+                               objective=args.objective, examples=len(items), lora=args.lora)
             (output / "cotdistill.json").write_text(json.dumps(summary, indent=2))
             store.finish_run(run_name, summary)
     return output
@@ -107,6 +97,38 @@ def _setup_model(args: TrainConfig, student: str) -> tuple[Any, Any]:
     model, tokenizer = load_model(student, device=str(args.device), dtype=None if args.lora else torch.float32)
     _check_model_type(args, student, model)
     return model, tokenizer
+
+
+def _recorded(args: TrainConfig, config: dict[str, Any], **run: Any) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The run's settings as given (one left out stands for its TrainConfig default, the
+    store's rule), with the learning rate the mode resolved; and those defaults."""
+    settings = {**run, "roles": run["roles"] or None, **config, "learning_rate": args.learning_rate}
+    defaults = {"roles": None, **{f.name: f.default for f in fields(TrainConfig) if f.default is not MISSING},
+                "learning_rate": default_learning_rate(args.lora)}
+    return settings, defaults
+
+
+def _setup_data(args: TrainConfig, store: Store, method: Method, roles: list[str], task: str | None,
+                split: str | None) -> tuple[list[Problem], list[tuple[Annotation, Any]]]:
+    """The dev problems (if any) and the stored (annotation, example) pairs to train on,
+    without a dev problem among them."""
+    dev_task, dev = _dev_problems(args)
+    pairs = stored_examples(store, method, roles, task, split, **({"gold_label": True} if args.gold_label else {}))
+    dev_ids = {(dev_task, args.dev_split, p.id) for p in dev}
+    return dev, [(a, e) for a, e in pairs if (a.task, a.split, a.problem_id) not in dev_ids]
+
+
+def _fit(trainer: Any, args: TrainConfig, callbacks: Sequence[TrainerCallback]) -> tuple[str | None, float, float]:
+    """Train from the last checkpoint, if any; returns it, the training loss and the seconds taken."""
+    for callback in [*callbacks, *([EarlyStoppingCallback(args.early_stopping_patience)]
+                                   if args.early_stopping_patience else [])]:
+        trainer.add_callback(callback)
+    last = get_last_checkpoint(args.output_dir) if Path(args.output_dir).is_dir() else None
+    if trainer.critic is not None:
+        load_critic(trainer.critic, last)
+    started = time.perf_counter()
+    result = trainer.train(resume_from_checkpoint=last)
+    return last, result.training_loss, time.perf_counter() - started
 
 
 def _summary(trainer: Any, train_loss: float, seconds: float, last: str | None, dev_problems: int,
