@@ -59,6 +59,34 @@ def test_decoding_matches_transformers_generate_when_rows_finish_apart(tiny_mode
         assert completion.finish_reason == ("stop" if row[-1] == eos else "length")
 
 
+def test_the_reserved_cache_holds_what_transformers_dynamic_cache_holds(tiny_model):
+    """Decoding into reserved room (regrown when it runs out, rows dropped on the way) gives
+    the logits that transformers' own torch.cat cache gives, step for step."""
+    import torch
+    from transformers import DynamicCache
+
+    from cotdistill.models.local import ReservedCache, _cache_argument
+
+    model = LocalModel(str(tiny_model)).model
+    argument = _cache_argument(model)
+    ids = torch.randint(5, 100, (3, 7), generator=torch.Generator().manual_seed(0))
+
+    def decode(cache):
+        logits, tokens = [], ids
+        with torch.inference_mode():
+            for step in range(6):
+                if step == 3:  # a row leaves the batch
+                    cache.batch_select_indices(torch.tensor([0, 2]))
+                    tokens = tokens[[0, 2]]
+                out = model(input_ids=tokens, use_cache=True, **{argument: cache})
+                logits.append(out.logits[:, -1])
+                tokens = out.logits[:, -1].argmax(-1, keepdim=True)
+        return logits
+
+    for ours, theirs in zip(decode(ReservedCache(reserve=2)), decode(DynamicCache())):
+        assert torch.equal(ours, theirs)
+
+
 def test_stop_strings_cut_the_completion_where_they_first_appear(tiny_base_model):
     model = LocalModel(str(tiny_base_model), batch_size=2)
     request = [{"role": "user", "content": "Tom has 3 apples."}]
