@@ -1,5 +1,7 @@
 import time
 
+import pytest
+
 from cotdistill.annotate import annotate
 from cotdistill.evaluate import evaluate, wilson_interval
 from cotdistill.models import LocalModel, render_prompt
@@ -25,14 +27,16 @@ def test_batched_generation_equals_one_by_one(tiny_model):
     assert all(c.completion_tokens <= 12 and c.prompt_tokens > 20 for c in batched)
 
 
-def test_decoding_matches_transformers_generate_when_rows_finish_apart(tiny_model):
-    """Dropping finished rows from the batch and KV cache must not change any row's tokens.
+@pytest.mark.parametrize("batch_size", [8, 3, 1])
+def test_decoding_matches_transformers_generate_when_rows_finish_apart(tiny_model, batch_size):
+    """Dropping finished rows from the batch and KV cache, and (batch 3: 8 prompts through 3
+    slots) prefilling waiting prompts into the slots they free, must not change any row's tokens.
 
     A token that the untrained model emits at different steps in different rows is made
     the EOS, so rows leave the batch at different times."""
     import collections
 
-    model = LocalModel(str(tiny_model), batch_size=8)
+    model = LocalModel(str(tiny_model), batch_size=batch_size)
     problems = get_task("arith").load(split="test", limit=8)
     prompts = [render_prompt(model.tokenizer, get_method("cot").student_messages(p)) for p in problems]
     encoded = [model.tokenizer(p, add_special_tokens=False, return_tensors="pt") for p in prompts]
@@ -65,10 +69,10 @@ def test_the_reserved_cache_holds_what_transformers_dynamic_cache_holds(tiny_mod
     import torch
     from transformers import DynamicCache
 
-    from cotdistill.models.local import ReservedCache, _cache_argument
+    from cotdistill.models.decode import ReservedCache, cache_argument
 
     model = LocalModel(str(tiny_model)).model
-    argument = _cache_argument(model)
+    argument = cache_argument(model)
     ids = torch.randint(5, 100, (3, 7), generator=torch.Generator().manual_seed(0))
 
     def decode(cache):

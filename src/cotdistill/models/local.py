@@ -7,7 +7,6 @@ left-padded batches; each row leaves its batch at EOS or a stop string.
 
 from __future__ import annotations
 
-import inspect
 import json
 import time
 from collections.abc import Sequence
@@ -16,11 +15,10 @@ from typing import Any
 
 import torch
 from tqdm.auto import tqdm
-from transformers import DynamicCache
-from transformers.cache_utils import DynamicLayer
 
 from cotdistill.errors import CotdistillError
 from cotdistill.models.contract import Completion, Messages
+from cotdistill.models.decode import decode, reservable
 from cotdistill.models.embedded import ALIASES, embedded_model_dir
 
 def default_device() -> str:
@@ -151,83 +149,57 @@ class LocalModel:
 
     def generate(self, requests: Sequence[Messages], max_new_tokens: int = 256, temperature: float = 0.0,
                  stop: Sequence[str] = (), seed: int = 0, progress: str | None = None) -> list[Completion]:
-        """Completions in request order. Greedy at temperature 0; sampled rows are seeded per batch."""
+        """Completions in request order. Greedy at temperature 0; sampling is seeded per call."""
         encoded = [encode_prompt(self.tokenizer, messages) for messages in requests]
-        order = sorted(range(len(encoded)), key=lambda i: -len(encoded[i]))  # longest first: OOM shows early
+        started = time.perf_counter()
+        if self.model.config.is_encoder_decoder or not reservable(self.model):
+            return self._generate_batched(encoded, max_new_tokens, temperature, stop, seed, progress)
+        eos = _eos_ids(self.model, self.tokenizer)
+        window = max((len(s) for s in stop), default=0)  # a token has at least one character
+
+        def finished(tokens: list[int]) -> bool:
+            return tokens[-1] in eos or bool(stop) and _ends_in_stop(self.tokenizer, tokens, stop, window)
+
+        with tqdm(total=len(encoded), desc=progress, disable=progress is None, unit="req") as bar:
+            rows = decode(self.model, encoded, self.batch_size, max_new_tokens, temperature, finished,
+                          self.tokenizer.pad_token_id, seed, done=bar.update)
+        return self._completions(encoded, [r.tokens for r in rows], [r.finish for r in rows], stop, started)
+
+    def _generate_batched(self, encoded: list[list[int]], max_new_tokens: int, temperature: float,
+                          stop: Sequence[str], seed: int, progress: str | None) -> list[Completion]:
+        """Encoder-decoder and sliding-window models: transformers' `generate`, batch by batch
+        (sorted by length, so a batch pads little)."""
+        order = sorted(range(len(encoded)), key=lambda i: -len(encoded[i]))
         results: list[Completion | None] = [None] * len(encoded)
-        bar = tqdm(total=len(encoded), desc=progress, disable=progress is None, unit="req")
-        for batch_index, start in enumerate(range(0, len(order), self.batch_size)):
+        for batch_index, start in enumerate(tqdm(range(0, len(order), self.batch_size), desc=progress,
+                                                 disable=progress is None, unit="batch")):
             rows = order[start : start + self.batch_size]
-            for row, completion in zip(rows, self._generate_batch([encoded[i] for i in rows], max_new_tokens,
-                                                                    temperature, stop, seed + batch_index)):
+            for row, completion in zip(rows, self._generate_with_transformers(
+                    [encoded[i] for i in rows], max_new_tokens, temperature, stop, seed + batch_index)):
                 results[row] = completion
-            bar.update(len(rows))
-        bar.close()
         return results  # type: ignore[return-value]
 
-    @torch.inference_mode()
-    def _generate_batch(self, batch: list[list[int]], max_new_tokens: int, temperature: float,
-                        stop: Sequence[str], seed: int) -> list[Completion]:
-        """Decode one left-padded batch, dropping each row from the batch and its KV cache as it
-        finishes. transformers' `generate` computes every row until the longest is done; with
-        completions of very different lengths (typical of reasoning) that is the wasted work."""
-        if self.model.config.is_encoder_decoder:
-            return self._generate_seq2seq(batch, max_new_tokens, temperature, stop, seed)
+    def _generate_with_transformers(self, batch: list[list[int]], max_new_tokens: int, temperature: float,
+                                    stop: Sequence[str], seed: int) -> list[Completion]:
+        """One batch through transformers' `generate`: encoder-decoder models (whose decoder
+        input is only the reply, so rows that finish early waste little) and models with
+        sliding-window layers."""
         started = time.perf_counter()
         pad = self.tokenizer.pad_token_id
         width = max(len(ids) for ids in batch)
-        input_ids = torch.tensor([[pad] * (width - len(ids)) + ids for ids in batch], device=self.device)
-        mask = torch.tensor([[0] * (width - len(ids)) + [1] * len(ids) for ids in batch], device=self.device)
-        generator = torch.Generator(device=self.device).manual_seed(seed)
-        eos = _eos_ids(self.model, self.tokenizer)
-        stop_window = max((len(s) for s in stop), default=0)  # a token has at least one character
-        generated: list[list[int]] = [[] for _ in batch]
-        finish = ["length"] * len(batch)
-        active = list(range(len(batch)))
-        cache = {_cache_argument(self.model): _decode_cache(self.model, reserve=max_new_tokens)}
-        output = self.model(input_ids=input_ids, attention_mask=mask,
-                            position_ids=(mask.cumsum(-1) - 1).clamp(min=0), use_cache=True, logits_to_keep=1, **cache)
-        for step in range(max_new_tokens):
-            logits = output.logits[:, -1].float()
-            if temperature > 0:
-                tokens = torch.multinomial(torch.softmax(logits / temperature, dim=-1), 1, generator=generator)[:, 0]
-            else:
-                tokens = logits.argmax(dim=-1)
-            keep = []
-            for position, (row, token) in enumerate(zip(active, tokens.tolist())):
-                generated[row].append(token)
-                if token in eos or (stop and _ends_in_stop(self.tokenizer, generated[row], stop, stop_window)):
-                    finish[row] = "stop"
-                else:
-                    keep.append(position)
-            if not keep or step == max_new_tokens - 1:
-                break
-            if len(keep) < len(active):
-                index = torch.tensor(keep, device=self.device)
-                next(iter(cache.values())).batch_select_indices(index)
-                mask, tokens = mask[index], tokens[index]
-                active = [active[p] for p in keep]
-            mask = torch.cat([mask, mask.new_ones(len(active), 1)], dim=1)
-            output = self.model(input_ids=tokens[:, None], attention_mask=mask, position_ids=mask.sum(-1, keepdim=True) - 1,
-                                use_cache=True, **cache)
-        return self._completions(batch, generated, finish, stop, started)
-
-    def _generate_seq2seq(self, batch: list[list[int]], max_new_tokens: int, temperature: float,
-                          stop: Sequence[str], seed: int) -> list[Completion]:
-        """Encoder-decoder models decode with transformers' `generate` (the decoder input is
-        only the reply, so rows that finish early waste little)."""
-        started = time.perf_counter()
-        pad = self.tokenizer.pad_token_id
-        width = max(len(ids) for ids in batch)
-        input_ids = torch.tensor([ids + [pad] * (width - len(ids)) for ids in batch], device=self.device)
-        mask = torch.tensor([[1] * len(ids) + [0] * (width - len(ids)) for ids in batch], device=self.device)
+        seq2seq = self.model.config.is_encoder_decoder
+        padded = [(ids + [pad] * (width - len(ids)), [1] * len(ids) + [0] * (width - len(ids))) if seq2seq else
+                  ([pad] * (width - len(ids)) + ids, [0] * (width - len(ids)) + [1] * len(ids)) for ids in batch]
+        input_ids = torch.tensor([ids for ids, _ in padded], device=self.device)
+        mask = torch.tensor([m for _, m in padded], device=self.device)
         torch.manual_seed(seed)
         sampling = {"do_sample": True, "temperature": temperature} if temperature > 0 else {"do_sample": False}
         output = self.model.generate(input_ids=input_ids, attention_mask=mask, max_new_tokens=max_new_tokens,
-                                     stop_strings=list(stop) or None, tokenizer=self.tokenizer, **sampling)
+                                     stop_strings=list(stop) or None, tokenizer=self.tokenizer, pad_token_id=pad,
+                                     **sampling)
         eos = _eos_ids(self.model, self.tokenizer)
         generated, finish = [], []
-        for row in output[:, 1:].tolist():  # column 0 is the decoder start token
+        for row in output[:, 1 if seq2seq else width:].tolist():  # seq2seq: column 0 is the decoder start token
             ids = []
             for token in row:
                 if token in eos or token == pad:
@@ -247,72 +219,6 @@ class LocalModel:
             cut = min((text.index(s) for s in stop if s in text), default=len(text))
             completions.append(Completion(text[:cut].strip(), len(ids), len(tokens_out), reason, seconds))
         return completions
-
-
-class _ReservedLayer(DynamicLayer):
-    """A transformers `DynamicLayer` that writes each new token into room reserved ahead.
-    `DynamicLayer` grows by `torch.cat`, copying the layer's whole cache for every token:
-    at batch 32 on CPU those copies, not the arithmetic, set the decode step's time (the
-    cache of SmolLM2-135M at 600 tokens is ~0.9 GB over its 30 layers). Reads are views of
-    the reserved buffer, so attention sees exactly the tensors `DynamicLayer` would hold."""
-
-    def __init__(self, reserve: int):
-        super().__init__()
-        self.reserve, self.length = reserve, 0
-
-    def update(self, key_states: torch.Tensor, value_states: torch.Tensor, *args: Any,
-               **kwargs: Any) -> tuple[torch.Tensor, torch.Tensor]:
-        if not self.is_initialized:
-            self.lazy_initialization(key_states, value_states)
-        new = key_states.shape[-2]
-        if self.length == 0 or self.length + new > self.room_keys.shape[-2]:  # first call, or the reserve ran out
-            size = self.length + new + self.reserve
-            self.room_keys = _grown(self.keys if self.length else None, key_states, size)
-            self.room_values = _grown(self.values if self.length else None, value_states, size)
-        self.room_keys[:, :, self.length : self.length + new] = key_states
-        self.room_values[:, :, self.length : self.length + new] = value_states
-        self.length += new
-        return self._views()
-
-    def batch_select_indices(self, indices: torch.Tensor) -> None:
-        if self.length:
-            self.room_keys, self.room_values = self.room_keys[indices], self.room_values[indices]
-            self._views()
-
-    def _views(self) -> tuple[torch.Tensor, torch.Tensor]:
-        self.keys, self.values = self.room_keys[:, :, : self.length], self.room_values[:, :, : self.length]
-        return self.keys, self.values
-
-
-def _grown(held: torch.Tensor | None, like: torch.Tensor, size: int) -> torch.Tensor:
-    """A buffer of `size` positions starting with the `held` ones (none on the first call)."""
-    room = like.new_empty(like.shape[0], like.shape[1], size, like.shape[3])
-    if held is not None:
-        room[:, :, : held.shape[-2]] = held
-    return room
-
-
-class ReservedCache(DynamicCache):
-    """A `DynamicCache` whose layers reserve room for `reserve` more tokens (see _ReservedLayer)."""
-
-    def __init__(self, reserve: int):
-        super().__init__()
-        self.layer_class_to_replicate = lambda: _ReservedLayer(reserve)
-
-
-def _decode_cache(model: Any, reserve: int) -> DynamicCache:
-    """The KV cache for one batch's decode: reserved room for models whose every layer
-    attends to all positions; the model's own dynamic cache for those with sliding-window
-    layers (Mistral, Gemma), whose layers keep a window."""
-    config = model.config
-    if getattr(config, "sliding_window", None) or set(getattr(config, "layer_types", None) or []) - {"full_attention"}:
-        return DynamicCache(config=config)
-    return ReservedCache(reserve)
-
-
-def _cache_argument(model: Any) -> str:
-    """The forward keyword that takes the KV cache: `cache` from transformers 5.2x, before it `past_key_values`."""
-    return "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
 
 
 def _ends_in_stop(tokenizer: Any, tokens: list[int], stop: Sequence[str], window: int) -> bool:
