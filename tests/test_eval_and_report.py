@@ -63,6 +63,32 @@ def test_decoding_matches_transformers_generate_when_rows_finish_apart(tiny_mode
         assert completion.finish_reason == ("stop" if row[-1] == eos else "length")
 
 
+@pytest.mark.parametrize("batch_size", [4, 2])
+def test_a_shared_prefix_computed_once_leaves_every_row_as_generate_writes_it(tiny_model, batch_size):
+    """Few-shot prompts (a long common beginning, questions of different lengths) and the same
+    prompt asked three times (self-consistency's shape): the prefix is prefilled once, the
+    rows padded between it and their own tokens, and greedy tokens still equal `generate`'s."""
+    import cotdistill.models.decode as decode
+
+    model = LocalModel(str(tiny_model), batch_size=batch_size)
+    shots = " ".join(f"Example {i}: {i} plus {i} is {2 * i}." for i in range(12))
+    questions = ["What is 3 plus 4?", "What is 12 plus 30 and then 5 more?", "Sum 1 and 1.", "Sum 1 and 1."]
+    requests = [[{"role": "system", "content": shots}, {"role": "user", "content": q}] for q in questions + questions[2:]]
+    shared = []
+    common = decode._common_prefix
+    decode._common_prefix = lambda texts: shared.append(common(texts)) or common(texts)
+    try:
+        ours = model.generate(requests, max_new_tokens=16)
+    finally:
+        decode._common_prefix = common
+    assert max(shared) >= decode.MIN_SHARED * 4  # the examples really were shared
+    for completion, messages in zip(ours, requests):
+        inputs = model.tokenizer(render_prompt(model.tokenizer, messages), add_special_tokens=False, return_tensors="pt")
+        row = model.model.generate(**inputs, max_new_tokens=16, do_sample=False,
+                                   pad_token_id=model.tokenizer.pad_token_id)[0, inputs["input_ids"].shape[1]:]
+        assert completion.text == model.tokenizer.decode(row, skip_special_tokens=True).strip()
+
+
 def test_the_reserved_cache_holds_what_transformers_dynamic_cache_holds(tiny_model):
     """Decoding into reserved room (regrown when it runs out, rows dropped on the way) gives
     the logits that transformers' own torch.cat cache gives, step for step."""

@@ -24,6 +24,9 @@ from transformers import DynamicCache
 from transformers.cache_utils import DynamicLayer
 
 
+MIN_SHARED = 8  # tokens: a shorter shared prefix is not worth its own forward call
+
+
 class _ReservedLayer(DynamicLayer):
     """A transformers `DynamicLayer` that writes each new token into room reserved ahead
     (regrown, rarely, when it runs out) instead of copying the layer's cache per token.
@@ -54,12 +57,18 @@ class _ReservedLayer(DynamicLayer):
             self.room_keys, self.room_values = self.room_keys[indices], self.room_values[indices]
             self._views()
 
+    def batch_repeat_interleave(self, repeats: int) -> None:
+        if self.length:
+            self.room_keys = self.room_keys.repeat_interleave(repeats, dim=0)
+            self.room_values = self.room_values.repeat_interleave(repeats, dim=0)
+            self._views()
+
     def drop_left(self, columns: int) -> None:
         self.start += columns
         self._views()
 
     def write(self, slot: int, keys: torch.Tensor, values: torch.Tensor) -> None:
-        """A prefilled prompt's keys and values into `slot`, ending at the cache's end."""
+        """A prefilled prompt's keys and values ([heads, columns, dim]) into `slot`, ending at the cache's end."""
         self.room_keys[slot, :, self.length - keys.shape[-2] : self.length] = keys
         self.room_values[slot, :, self.length - values.shape[-2] : self.length] = values
 
@@ -165,28 +174,44 @@ def decode(model: Any, prompts: Sequence[list[int]], batch_size: int, max_new_to
 
 
 def _prefill(model: Any, prompts: Sequence[list[int]], rows: list[int], reserve: int, pad: int) -> _Batch:
-    """One left-padded forward over these prompts into a fresh cache with `reserve` room."""
-    width = max(len(prompts[r]) for r in rows)
-    input_ids = torch.tensor([[pad] * (width - len(prompts[r])) + prompts[r] for r in rows], device=model.device)
-    mask = torch.tensor([[0] * (width - len(prompts[r])) + [1] * len(prompts[r]) for r in rows], device=model.device)
-    cache = ReservedCache(reserve)
-    logits = model(input_ids=input_ids, attention_mask=mask, position_ids=(mask.cumsum(-1) - 1).clamp(min=0),
-                   use_cache=True, logits_to_keep=1, **{cache_argument(model): cache}).logits[:, -1]
+    """One forward over these prompts into a fresh cache with `reserve` room to spare. What
+    they all begin with (the system prompt and few-shot examples, or the whole prompt for
+    self-consistency's K samples) is computed once and copied to every row: a row's columns
+    are [shared prefix][padding, masked][its own suffix], so it still sees its prompt at
+    positions 0..n-1."""
+    texts = [prompts[r] for r in rows]
+    shared = min(_common_prefix(texts), min(map(len, texts)) - 1)  # each row keeps >= 1 token of its own
+    shared = shared if len(rows) > 1 and shared >= MIN_SHARED else 0
+    suffixes = [t[shared:] for t in texts]
+    width = max(map(len, suffixes))
+    cache, argument = ReservedCache(reserve + width), cache_argument(model)
+    if shared:
+        model(input_ids=torch.tensor([texts[0][:shared]], device=model.device), use_cache=True, logits_to_keep=1,
+              **{argument: cache})
+        cache.batch_repeat_interleave(len(rows))
+    input_ids = torch.tensor([[pad] * (width - len(s)) + s for s in suffixes], device=model.device)
+    mask = torch.tensor([[1] * shared + [0] * (width - len(s)) + [1] * len(s) for s in suffixes], device=model.device)
+    logits = model(input_ids=input_ids, attention_mask=mask, position_ids=(mask.cumsum(-1) - 1).clamp(min=0)[:, shared:],
+                   use_cache=True, logits_to_keep=1, **{argument: cache}).logits[:, -1]
     return _Batch(list(rows), cache, mask, logits)
 
 
+def _common_prefix(texts: list[list[int]]) -> int:
+    first, last = min(texts), max(texts)  # the lexicographic extremes bound every common prefix
+    return next((i for i, (a, b) in enumerate(zip(first, last)) if a != b), min(len(first), len(last)))
+
+
 def _refill(model: Any, prompts: Sequence[list[int]], batch: _Batch, moves: list[tuple[int, int]], pad: int) -> None:
-    """Prefill the `moves`' prompts together and write each into its free slot, ending at the
-    cache's end (no waiting prompt is longer than one a slot holds, so it fits); then drop
-    the columns no slot attends to any more."""
+    """Prefill the `moves`' prompts together and write each (its columns and their mask) into
+    its free slot, ending at the cache's end (no waiting prompt is longer than one a slot
+    holds, so it fits); then drop the columns no slot attends to any more."""
     new = _prefill(model, prompts, [row for _, row in moves], 0, pad)
-    width = batch.mask.shape[1]
+    width, written = batch.mask.shape[1], new.mask.shape[1]
     for index, (slot, row) in enumerate(moves):
-        n = len(prompts[row])
         for ours, theirs in zip(batch.cache.layers, new.cache.layers):
-            ours.write(slot, theirs.keys[index, :, -n:], theirs.values[index, :, -n:])
+            ours.write(slot, theirs.keys[index], theirs.values[index])
         batch.mask[slot] = 0
-        batch.mask[slot, width - n:] = 1
+        batch.mask[slot, width - written:] = new.mask[index]
         batch.logits[slot] = new.logits[index]
         batch.rows[slot] = row
     unused = int((batch.mask.sum(0) > 0).int().argmax())  # leading columns every slot masks
