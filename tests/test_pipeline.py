@@ -76,6 +76,13 @@ def test_eval_runs_a_two_stage_pipeline_and_stores_cost_per_stage(tmp_path, tiny
     voted = evaluate(tmp_path, task="arith", limit=4, model=str(tiny_model), samples=3, temperature=1.0,
                      max_new_tokens=4, name="sc")
     assert voted["n"] == 4 and voted["samples"] == 3.0 and voted["calls_per_problem"] == 3.0
+    from cotdistill.store import Store
+
+    with Store(tmp_path) as store:  # the copies of a prompt, sampled in one call, are samples apart
+        texts: dict[str, set[str]] = {}
+        for prediction in store.predictions("sc"):
+            texts.setdefault(prediction.problem_id, set()).add(prediction.text)
+    assert max(len(t) for t in texts.values()) > 1
     markdown = report(tmp_path)
     assert "decompose_solve" in markdown and "single x3" in markdown
 

@@ -88,20 +88,17 @@ def _predict(store: Store, run: str, pending: Sequence[Problem], by_stage: dict[
     (failed, sent, the first failure's reason)."""
     failed = sent = 0
     reason = None
-    for start in range(0, len(pending), chunk):
-        batch = pending[start : start + chunk]
-        failed_here = 0
-        for sample in range(samples):
-            traces = run_pipeline(pipeline, batch, by_stage, method,
-                                  replace(settings, seed=settings.seed + start + 1000 * sample))
-            answered = [(p, t) for p, t in zip(batch, traces) if t.failure is None]
-            store.add_predictions(_prediction(run, p, sample, t) for p, t in answered)
-            store.add_stage_costs(run, [(p.id, sample, t.stages) for p, t in answered])
-            failed_here += len(batch) - len(answered)
-            reason = reason or next((t.failure for t in traces if t.failure), None)
-        sent += len(batch) * samples
-        failed += failed_here
-        if failed_here * 2 >= len(batch) * samples:
+    per_call = max(1, chunk // samples)  # problems per call: each is asked `samples` times in the same call,
+    for start in range(0, len(pending), per_call):  # so self-consistency's copies share their prompt's prefill
+        repeated = [p for p in pending[start : start + per_call] for _ in range(samples)]
+        traces = run_pipeline(pipeline, repeated, by_stage, method, replace(settings, seed=settings.seed + start))
+        answered = [(i % samples, p, t) for i, (p, t) in enumerate(zip(repeated, traces)) if t.failure is None]
+        store.add_predictions(_prediction(run, p, sample, t) for sample, p, t in answered)
+        store.add_stage_costs(run, [(p.id, sample, t.stages) for sample, p, t in answered])
+        sent += len(repeated)
+        failed += len(repeated) - len(answered)
+        reason = reason or next((t.failure for t in traces if t.failure), None)
+        if (len(repeated) - len(answered)) * 2 >= len(repeated):
             break
     return failed, sent, reason
 

@@ -391,7 +391,10 @@ class APIModel:
                 bar.update()
 
             client = OpenAITeacher(self.config)
-            client.run([(m, seed) for m in requests], max_new_tokens, temperature, stop, Budget(self.config), keep)
+            # a seed per row, as a local batch samples each row apart: self-consistency's K copies of
+            # one prompt must not come back identical from a server that honours `seed`
+            client.run([(m, seed + i) for i, m in enumerate(requests)], max_new_tokens, temperature, stop,
+                       Budget(self.config), keep)
         why = client.failure or client.refusal or "the request was not sent"
         # each row's share of the call's wall time, as for local batches: a request's own latency
         # includes its wait behind the others in flight and would grow with --concurrency
