@@ -95,8 +95,10 @@ class ReservedCache(DynamicCache):
 
 
 def cache_argument(model: Any) -> str:
-    """The forward keyword that takes the KV cache: `cache` from transformers 5.2x, before it `past_key_values`."""
-    return "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
+    """The forward keyword that takes the KV cache: `cache` from transformers 5.2x, before it
+    `past_key_values`; read off the model inside a peft wrapper (a student in training)."""
+    inner = model.get_base_model() if hasattr(model, "get_base_model") else model
+    return "cache" if "cache" in inspect.signature(inner.forward).parameters else "past_key_values"
 
 
 def reservable(model: Any) -> bool:
