@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from cotdistill.answers import extract_flexible, is_correct
-from cotdistill.config import EvalConfig, configure
+from cotdistill.config import EvalConfig, configure, default_of
 from cotdistill.errors import CotdistillError, EnvironmentProblem
 from cotdistill.methods import Method, get_method, pipeline_owners
 from cotdistill.models.openai_api import load_backend
@@ -63,7 +63,8 @@ def evaluate(run_dir: str | Path, config: EvalConfig | str | None = None, **sett
         store.add_problems(the_task.name, c.split, problems)
         done = store.predicted(run)
         store.start_run(run, "eval", recorded, produced=bool(done),
-                        defaults={"pipeline": "single", "models": {"model": label}, "samples": 1})
+                        defaults={"pipeline": default_of(EvalConfig, "pipeline"), "models": {"model": label},
+                                  "samples": default_of(EvalConfig, "samples")})
         pending = [p for p in problems if any((p.id, s) not in done for s in range(c.samples))]
         if pending:
             backends = {path: load_backend(path, c.api, c.batch_size) for path in dict.fromkeys(paths.values())}
