@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import random
 import subprocess
 import sys
 import tempfile
@@ -26,13 +25,8 @@ from cotdistill.methods.cot import instruction
 from cotdistill.models import embedded_model_dir
 from cotdistill.tasks import Problem
 
-ROOT = Path(__file__).resolve().parents[1]
+from _gsm8k_sample import arguments, write_sample
 STRICT_REGEX = r"(?:####|[Tt]he (?:final )?answer is:?)\s*\$?(-?[0-9][0-9,]*(?:\.[0-9]+)?)"
-
-
-def pick_problems(source: Path, n: int, seed: int) -> list[dict]:
-    rows = [json.loads(line) for line in source.read_text().splitlines() if line.strip()]
-    return random.Random(seed).sample(rows, n)
 
 
 def lm_eval_task(workdir: Path, data: Path, max_new_tokens: int) -> None:
@@ -108,18 +102,12 @@ def run_lm_eval(workdir: Path, batch_size: int, args: argparse.Namespace) -> dic
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--data", type=Path, default=ROOT.parent / "shared/data/gsm8k/train.jsonl")
-    parser.add_argument("--n", type=int, default=50)
-    parser.add_argument("--seed", type=int, default=1234)
-    parser.add_argument("--max-new-tokens", type=int, default=256)
-    parser.add_argument("--batch-size", type=int, default=32)
+    parser = arguments(__doc__)
     parser.add_argument("--skip-lm-eval-batch-1", action="store_true", help="it is the slowest run")
     args = parser.parse_args()
     embedded_model_dir()  # convert once, outside the timings
     workdir = Path(tempfile.mkdtemp(prefix="cotdistill-bench-"))
-    data = workdir / "gsm8k_sample.jsonl"
-    data.write_text("".join(json.dumps(row) + "\n" for row in pick_problems(args.data, args.n, args.seed)))
+    data = write_sample(args.data, args.n, args.seed, workdir / "gsm8k_sample.jsonl")
     lm_eval_task(workdir, data, args.max_new_tokens)
     rows = [run_ours(workdir, data, args), run_lm_eval(workdir, args.batch_size, args)]
     if not args.skip_lm_eval_batch_1:

@@ -2,7 +2,7 @@
 self-consistency (K sampled replies per problem), on the same prompts in one process.
 
 Same model (the embedded SmolLM2-135M-Instruct unless --model), the same GSM8K problems
-(a seeded sample of train), the `cot` student prompt every eval uses, the same stop string,
+(the seeded sample of train eval_throughput.py scores), the `cot` student prompt every eval uses, the same stop string,
 max new tokens and batch (rows in flight); one model load, timings exclude it. transformers
 runs length-sorted, left-padded batches through `model.generate` (self-consistency:
 `num_return_sequences=K`, batch / K prompts at a time). lm-evaluation-harness end to end,
@@ -13,10 +13,9 @@ as a CLI, is benchmarks/eval_throughput.py.
 
 from __future__ import annotations
 
-import argparse
 import json
-import random
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -27,7 +26,7 @@ from cotdistill.models import LocalModel
 from cotdistill.models.local import encode_prompt
 from cotdistill.tasks import get_task
 
-ROOT = Path(__file__).resolve().parents[1]
+from _gsm8k_sample import arguments, write_sample
 
 
 def transformers_generate(model: LocalModel, requests: list, max_new_tokens: int, stop: list[str], batch: int,
@@ -54,19 +53,14 @@ def transformers_generate(model: LocalModel, requests: list, max_new_tokens: int
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--data", type=Path, default=ROOT.parent / "shared/data/gsm8k/train.jsonl")
-    parser.add_argument("--n", type=int, default=50)
-    parser.add_argument("--seed", type=int, default=1234)
-    parser.add_argument("--max-new-tokens", type=int, default=256)
-    parser.add_argument("--batch-size", type=int, default=32)
+    parser = arguments(__doc__)
     parser.add_argument("--samples", type=int, default=8, help="K for self-consistency (1: greedy only)")
     parser.add_argument("--model", default="smollm2-135m")
     parser.add_argument("--device", default=None, help="cpu, cuda (default: the best there is)")
     parser.add_argument("--skip-transformers", action="store_true")
     args = parser.parse_args()
-    problems = get_task("gsm8k").load(args.data)
-    problems = random.Random(args.seed).sample(problems, args.n)
+    sample = Path(tempfile.mkdtemp(prefix="cotdistill-bench-")) / "gsm8k.jsonl"
+    problems = get_task("gsm8k").load(write_sample(args.data, args.n, args.seed, sample), split="test")
     method = get_method("cot")
     requests = [method.student_messages(p) for p in problems]
     model = LocalModel(args.model, device=args.device, batch_size=args.batch_size)

@@ -11,6 +11,7 @@ from cotdistill.methods import METHODS, get_method
 from cotdistill.methods.base import DEMO_ANSWERS, DEMO_QUESTIONS
 from cotdistill.methods.kpdd import gold_key_points
 from cotdistill.methods.pot import program_from_calculations
+from cotdistill.methods.socratic import parse_questions
 from cotdistill.sandbox import Sandbox
 from cotdistill.tasks import Problem, get_task
 
@@ -106,6 +107,12 @@ def test_socratic_targets_are_the_papers_two_students(tmp_path):
         "Q2: How many clips did Natalia sell altogether?")
     [unified] = [e for e in examples if e.role == "unified"]
     assert unified.completion.count("The answer is") == 1 and unified.completion.endswith("The answer is 72.")
+
+
+def test_a_looping_question_generator_costs_no_extra_solver_rounds():
+    plan = "Q1: How many in May?\nQ2: How many in all?\nQ3: How many in May?\nQ4: How many in all?\nQ5: How"
+    assert parse_questions(plan) == ["How many in May?", "How many in all?"]
+    assert parse_questions("Q1: a?\nQ3: c?") == ["a?"]  # numbering out of order ends the plan too
 
 
 def test_decompose_parses_lists_and_no_decomposition():

@@ -68,12 +68,17 @@ def parse_chain(text: str) -> list[list[str]] | None:
 
 
 def parse_questions(text: str) -> list[str]:
-    """The sub-questions a question generator wrote, "Q1: ..." lines in order."""
+    """The sub-questions a question generator wrote, "Q1: ..." lines in order, up to the
+    first one it repeats: a small generator that loops writes the same questions until its
+    token limit, and each one would cost the solver a round that adds nothing."""
     questions: list[str] = []
     for line in text.splitlines():
         match = _LINE.match(line)
         if match and match.group(1) == "Q" and int(match.group(2)) == len(questions) + 1:
-            questions.append(match.group(3).strip())
+            question = match.group(3).strip()
+            if question in questions:
+                break
+            questions.append(question)
     return questions
 
 
