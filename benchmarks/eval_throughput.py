@@ -21,7 +21,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from cotdistill.methods.cot import instruction
+from cotdistill.methods import get_method
 from cotdistill.models import embedded_model_dir
 from cotdistill.tasks import Problem
 
@@ -31,7 +31,8 @@ STRICT_REGEX = r"(?:####|[Tt]he (?:final )?answer is:?)\s*\$?(-?[0-9][0-9,]*(?:\
 
 def lm_eval_task(workdir: Path, data: Path, max_new_tokens: int) -> None:
     """A task YAML reading the same JSONL; the prompt text is built by the same function as ours."""
-    hint = instruction(Problem("", "{{question}}", "")).replace('"', '\\"').replace("\n", "\\n")
+    [message] = get_method("cot").student_messages(Problem("", "{{question}}", ""))
+    hint = message["content"].replace('"', '\\"').replace("\n", "\\n")
     (workdir / "gsm8k_cotdistill.yaml").write_text(f"""task: gsm8k_cotdistill
 dataset_path: json
 dataset_kwargs:
@@ -121,8 +122,7 @@ def main() -> None:
               f"{100 * row['strict']:.1f}% | {100 * row['flexible']:.1f}% |")
     for row in rows[1:]:
         print(f"\nours / lm_eval at batch {row['batch']}: {row['seconds'] / rows[0]['seconds']:.2f}x problems/s")
-    print(f"\nreproduce: {Path(sys.executable).name} benchmarks/eval_throughput.py --n {args.n} "
-          f"--max-new-tokens {args.max_new_tokens} --batch-size {args.batch_size}")
+    print("\nreproduce: .venv/bin/python benchmarks/eval_throughput.py " + " ".join(sys.argv[1:]))
 
 
 if __name__ == "__main__":
