@@ -26,6 +26,7 @@ from cotdistill.models import embedded_model_dir
 from cotdistill.tasks import Problem
 
 from _gsm8k_sample import arguments, write_sample
+
 STRICT_REGEX = r"(?:####|[Tt]he (?:final )?answer is:?)\s*\$?(-?[0-9][0-9,]*(?:\.[0-9]+)?)"
 
 

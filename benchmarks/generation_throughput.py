@@ -2,11 +2,11 @@
 self-consistency (K sampled replies per problem), on the same prompts in one process.
 
 Same model (the embedded SmolLM2-135M-Instruct unless --model), the same GSM8K problems
-(the seeded sample of train eval_throughput.py scores), the `cot` student prompt every eval uses, the same stop string,
-max new tokens and batch (rows in flight); one model load, timings exclude it. transformers
-runs length-sorted, left-padded batches through `model.generate` (self-consistency:
-`num_return_sequences=K`, batch / K prompts at a time). lm-evaluation-harness end to end,
-as a CLI, is benchmarks/eval_throughput.py.
+(the seeded sample of train eval_throughput.py scores), the `cot` student prompt every eval
+uses, the same stop string, max new tokens and batch (rows in flight); one model load,
+timings exclude it. transformers runs length-sorted, left-padded batches through
+`model.generate` (self-consistency: `num_return_sequences=K`, batch / K prompts at a time).
+lm-evaluation-harness end to end, as a CLI, is benchmarks/eval_throughput.py.
 
     .venv/bin/python benchmarks/generation_throughput.py --n 50 --max-new-tokens 256 --samples 8
 """

@@ -112,7 +112,7 @@ def test_socratic_targets_are_the_papers_two_students(tmp_path):
 def test_a_looping_question_generator_costs_no_extra_solver_rounds():
     plan = "Q1: How many in May?\nQ2: How many in all?\nQ3: How many in May?\nQ4: How many in all?\nQ5: How"
     assert parse_questions(plan) == ["How many in May?", "How many in all?"]
-    assert parse_questions("Q1: a?\nQ3: c?") == ["a?"]  # numbering out of order ends the plan too
+    assert parse_questions("Q1: a?\nQ3: c?\nQ2: b?\nQ3: a?") == ["a?", "b?"]  # out of order: skipped
 
 
 def test_decompose_parses_lists_and_no_decomposition():
