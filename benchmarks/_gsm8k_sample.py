@@ -9,6 +9,8 @@ import json
 import random
 from pathlib import Path
 
+from cotdistill.tasks.records import read_records
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -24,6 +26,6 @@ def arguments(description: str) -> argparse.ArgumentParser:
 
 def write_sample(source: Path, n: int, seed: int, target: Path) -> Path:
     """`n` seeded rows of `source`, written to `target` as JSONL (a file both tools read)."""
-    rows = [json.loads(line) for line in source.read_text().splitlines() if line.strip()]
+    rows = [record for _, record in read_records(source)]  # the project's reader: a bad line is one clear error
     target.write_text("".join(json.dumps(row) + "\n" for row in random.Random(seed).sample(rows, n)))
     return target
