@@ -1,0 +1,73 @@
+"""Where a CPU decode step's matrix products go, and whether int8 weights would make them cheaper.
+
+One decode step of a batch runs every Linear of the model once on `batch` rows. This times
+those products alone, with the model's own shapes (from its config; the weights are random,
+one tensor per layer, so they stream from memory as the real model's do) in two forms: fp32
+`F.linear` (what the engine runs today) and int8 weights through
+`torch.ops.aten._weight_int8pack_mm` (PyTorch's CPU weight-only int8 kernel, the one gpt-fast
+uses). Weight-only int8 quarters the bytes a memory-bound step streams, so it can only pay if
+the kernel keeps up with the memory it saves. (torchao 0.18's `Int8WeightOnlyConfig` is no
+alternative on CPU: its linear casts the int8 weight back to the activation dtype on every
+call, streaming more bytes than fp32, unless torch.compile fuses the cast.)
+
+    .venv/bin/python benchmarks/decode_matmuls.py --batch 32
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+import torch
+import torch.nn.functional as F
+from transformers import AutoConfig
+
+from cotdistill.models import embedded_model_dir
+
+
+def shapes(config) -> dict[str, tuple[int, int, int]]:
+    """kind -> (out features, in features, how many per step) for a Llama-style decoder."""
+    hidden, inter, layers = config.hidden_size, config.intermediate_size, config.num_hidden_layers
+    kv = hidden // config.num_attention_heads * config.num_key_value_heads
+    return {"attention q,o": (hidden, hidden, 2 * layers), "attention k,v": (kv, hidden, 2 * layers),
+            "mlp gate,up": (inter, hidden, 2 * layers), "mlp down": (hidden, inter, layers),
+            "lm_head": (config.vocab_size, hidden, 1)}
+
+
+def per_step_ms(run, repeats: int) -> float:
+    run()
+    started = time.perf_counter()
+    for _ in range(repeats):
+        run()
+    return (time.perf_counter() - started) / repeats * 1e3
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--model", default=str(embedded_model_dir("smollm2-135m")))
+    parser.add_argument("--batch", type=int, default=32)
+    parser.add_argument("--repeats", type=int, default=5)
+    args = parser.parse_args()
+    torch.manual_seed(0)
+    print(f"threads {torch.get_num_threads()}, batch {args.batch}; ms per decode step")
+    print("| matrices | count | fp32 | int8 (_weight_int8pack_mm) | max rel. error |")
+    print("|---|---|---|---|---|")
+    totals = [0.0, 0.0]
+    for kind, (out_features, in_features, count) in shapes(AutoConfig.from_pretrained(args.model)).items():
+        x = torch.randn(args.batch, in_features)
+        weights = [torch.randn(out_features, in_features) / in_features**0.5 for _ in range(count)]
+        scales = [w.abs().amax(1) / 127 for w in weights]
+        packed = [(w / s[:, None]).round().to(torch.int8) for w, s in zip(weights, scales)]
+        fp32 = per_step_ms(lambda: [F.linear(x, w) for w in weights], args.repeats)
+        int8 = per_step_ms(lambda: [torch.ops.aten._weight_int8pack_mm(x, q, s) for q, s in zip(packed, scales)],
+                           args.repeats)
+        error = max(((F.linear(x, w) - torch.ops.aten._weight_int8pack_mm(x, q, s)).abs().max()
+                     / F.linear(x, w).abs().max()).item() for w, q, s in zip(weights[:2], packed, scales))
+        totals[0] += fp32
+        totals[1] += int8
+        print(f"| {kind} ({out_features}x{in_features}) | {count} | {fp32:.1f} | {int8:.1f} | {error:.4f} |")
+    print(f"| all | | {totals[0]:.1f} | {totals[1]:.1f} | |")
+
+
+if __name__ == "__main__":
+    main()
