@@ -34,6 +34,16 @@ def shapes(config) -> dict[str, tuple[int, int, int]]:
             "lm_head": (config.vocab_size, hidden, 1)}
 
 
+def int8_linear(x: torch.Tensor, packed: torch.Tensor, scales: torch.Tensor) -> torch.Tensor:
+    return torch.ops.aten._weight_int8pack_mm(x, packed, scales)
+
+
+def relative_error(x: torch.Tensor, weight: torch.Tensor, packed: torch.Tensor, scales: torch.Tensor) -> float:
+    """Largest difference between the fp32 and int8 products, relative to the largest output."""
+    exact = F.linear(x, weight)
+    return ((exact - int8_linear(x, packed, scales)).abs().max() / exact.abs().max()).item()
+
+
 def per_step_ms(run, repeats: int) -> float:
     run()
     started = time.perf_counter()
@@ -59,10 +69,8 @@ def main() -> None:
         scales = [w.abs().amax(1) / 127 for w in weights]
         packed = [(w / s[:, None]).round().to(torch.int8) for w, s in zip(weights, scales)]
         fp32 = per_step_ms(lambda: [F.linear(x, w) for w in weights], args.repeats)
-        int8 = per_step_ms(lambda: [torch.ops.aten._weight_int8pack_mm(x, q, s) for q, s in zip(packed, scales)],
-                           args.repeats)
-        error = max(((F.linear(x, w) - torch.ops.aten._weight_int8pack_mm(x, q, s)).abs().max()
-                     / F.linear(x, w).abs().max()).item() for w, q, s in zip(weights[:2], packed, scales))
+        int8 = per_step_ms(lambda: [int8_linear(x, q, s) for q, s in zip(packed, scales)], args.repeats)
+        error = max(relative_error(x, w, q, s) for w, q, s in zip(weights[:2], packed, scales))
         totals[0] += fp32
         totals[1] += int8
         print(f"| {kind} ({out_features}x{in_features}) | {count} | {fp32:.1f} | {int8:.1f} | {error:.4f} |")
