@@ -41,6 +41,24 @@ def test_completion_only_loss_equals_the_reference_loss(tiny_model):
     assert torch.allclose(ours, reference, atol=1e-5)
 
 
+def test_lora_adapters_start_from_the_configured_seed_whatever_ran_before(tiny_model):
+    """Two arms of a recipe run in one process: the second's adapter must not depend on
+    the random state the first left behind, and another seed must start elsewhere."""
+    problems = get_task("arith").load(split="train", limit=2)
+    examples = [Example("student", COT.student_messages(p), p.gold["cot"]) for p in problems]
+
+    def adapter(seed: int) -> dict[str, torch.Tensor]:
+        model, tokenizer = load_model(str(tiny_model))
+        torch.rand(1000)  # what an earlier arm would have drawn
+        config = TrainConfig(output_dir="/tmp/unused", lora=True, report_to="none", seed=seed)
+        trainer = make_trainer(model, tokenizer, config, examples)
+        return {k: v.clone() for k, v in trainer.model.named_parameters() if "lora_A" in k}
+
+    first, second, other = adapter(0), adapter(0), adapter(1)
+    assert first and all(torch.equal(first[k], second[k]) for k in first)
+    assert not all(torch.equal(first[k], other[k]) for k in first)
+
+
 # LoRA adapters move a randomly initialised (near-uniform) tiny model slowly; full
 # fine-tuning overfits 16 examples fast. Both must lower the loss by a clear margin.
 @pytest.mark.parametrize("lora, learning_rate, ratio", [(True, 2e-2, 0.98), (False, 3e-3, 0.7)])

@@ -13,7 +13,7 @@ from typing import Any
 
 import torch
 from torch.utils.data import DataLoader
-from transformers import Trainer, TrainerCallback
+from transformers import Trainer, TrainerCallback, set_seed
 
 from cotdistill.methods import Example
 from cotdistill.train import objectives
@@ -127,6 +127,11 @@ def make_trainer(model: Any, tokenizer: Any, config: TrainConfig, items: Sequenc
     if config.lora:
         from peft import LoraConfig, get_peft_model
 
+        # The adapter's A matrices start random. The Trainer seeds only on construction,
+        # after this, so without seeding here each arm of a recipe would start from the
+        # random state the arms before it left (two arms differing only in their dev set
+        # started 0.1 apart per weight).
+        set_seed(config.seed)
         model = get_peft_model(model, LoraConfig(
             task_type="SEQ_2_SEQ_LM" if seq2seq else "CAUSAL_LM", r=config.lora_r, lora_alpha=config.lora_alpha,
             lora_dropout=config.lora_dropout, target_modules=config.lora_target_modules,
