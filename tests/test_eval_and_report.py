@@ -89,6 +89,19 @@ def test_a_shared_prefix_computed_once_leaves_every_row_as_generate_writes_it(ti
         assert completion.text == model.tokenizer.decode(row, skip_special_tokens=True).strip()
 
 
+def test_a_prompt_asked_k_times_is_prefilled_once_and_each_copy_samples_its_own_reply(tiny_model):
+    """Self-consistency's shape: two problems asked four times each. The prefill computes two
+    rows, not eight; the eight rows then decode side by side and sample apart."""
+    model = LocalModel(str(tiny_model), batch_size=8)
+    calls = []
+    forward = model.model.forward
+    model.model.forward = lambda *args, **kwargs: calls.append(tuple(kwargs["input_ids"].shape)) or forward(*args, **kwargs)
+    requests = [[{"role": "user", "content": q}] for q in ["What is 3 plus 4?", "Sum 12 and 30."] for _ in range(4)]
+    out = model.generate(requests, max_new_tokens=16, temperature=1.0, seed=3)
+    assert calls[0][0] == 2 and all(shape == (8, 1) for shape in calls[1:])
+    assert len({c.text for c in out[:4]}) > 1 and len({c.text for c in out[4:]}) > 1
+
+
 def test_the_reserved_cache_holds_what_transformers_dynamic_cache_holds(tiny_model):
     """Decoding into reserved room (regrown when it runs out, rows dropped on the way) gives
     the logits that transformers' own torch.cat cache gives, step for step."""
@@ -115,6 +128,29 @@ def test_the_reserved_cache_holds_what_transformers_dynamic_cache_holds(tiny_mod
 
     for ours, theirs in zip(decode(ReservedCache(reserve=2)), decode(DynamicCache())):
         assert torch.equal(ours, theirs)
+
+
+def test_sampling_draws_each_token_as_often_as_its_probability():
+    """The decode loop's inverse-transform sampler against softmax(logits / T): frequencies
+    over 200k draws within a few standard errors of each token's probability (torch.multinomial
+    would pass the same check), tokens of probability zero never drawn, and a seed that
+    repeats its draws."""
+    import torch
+
+    from cotdistill.models.decode import sample
+
+    logits = torch.tensor([[2.0, 1.0, 0.0, -1.0, float("-inf"), 0.5],
+                           [float("-inf"), 0.0, 0.0, float("-inf"), 3.0, float("-inf")]])
+    rows = 100_000
+    draws = sample(logits.repeat(rows, 1), 0.7, torch.Generator().manual_seed(1)).view(rows, 2)
+    for row in range(2):
+        expected = torch.softmax(logits[row] / 0.7, dim=-1)
+        observed = torch.bincount(draws[:, row], minlength=6) / rows
+        tolerance = 5 * (expected * (1 - expected) / rows).sqrt() + 1e-9
+        assert ((observed - expected).abs() <= tolerance).all(), (observed, expected)
+        assert (observed[expected == 0] == 0).all()
+    again = sample(logits.repeat(rows, 1), 0.7, torch.Generator().manual_seed(1)).view(rows, 2)
+    assert torch.equal(draws, again)
 
 
 def test_stop_strings_cut_the_completion_where_they_first_appear(tiny_base_model):

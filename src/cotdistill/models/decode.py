@@ -144,10 +144,7 @@ def decode(model: Any, prompts: Sequence[list[int]], batch_size: int, max_new_to
     del waiting[:batch_size]
     while True:
         logits = batch.logits.float()
-        if temperature > 0:
-            tokens = torch.multinomial(torch.softmax(logits / temperature, dim=-1), 1, generator=generator)[:, 0]
-        else:
-            tokens = logits.argmax(dim=-1)
+        tokens = sample(logits, temperature, generator) if temperature > 0 else logits.argmax(dim=-1)
         for slot, (row, token) in enumerate(zip(batch.rows, tokens.tolist())):
             if row is None:
                 continue
@@ -175,27 +172,49 @@ def decode(model: Any, prompts: Sequence[list[int]], batch_size: int, max_new_to
     return out
 
 
+def sample(logits: torch.Tensor, temperature: float, generator: torch.Generator) -> torch.Tensor:
+    """One token per row from softmax(logits / temperature), by inverse transform: one uniform
+    draw per row, located in the row's cumulative probabilities. The same distribution as
+    `torch.multinomial`, which on CPU draws an exponential variate for every entry of the
+    vocabulary (35 ms a step for 32 rows x 49k tokens, a fifth of a 135M model's decode step);
+    this takes ~1 ms. Tokens of probability zero are never drawn (`right=True` skips the flat
+    stretches of the cumulative sum)."""
+    cumulative = torch.softmax(logits / temperature, dim=-1).cumsum(dim=-1)
+    total = cumulative[:, -1:]
+    draws = torch.rand(total.shape, generator=generator, device=total.device) * total
+    draws = torch.minimum(draws, total.nextafter(torch.zeros_like(total)))  # a draw rounded up to the total
+    return torch.searchsorted(cumulative, draws, right=True)[:, 0]
+
+
 def _prefill(model: Any, prompts: Sequence[list[int]], rows: list[int], reserve: int, pad: int) -> _Batch:
-    """One forward over these prompts into a fresh cache with `reserve` room to spare. What
-    they all begin with (the system prompt and few-shot examples, or the whole prompt for
-    self-consistency's K samples) is computed once and copied to every row: a row's columns
-    are [shared prefix][padding, masked][its own suffix], so it still sees its prompt at
-    positions 0..n-1."""
-    texts = [prompts[r] for r in rows]
+    """One forward over these rows' distinct prompts into a fresh cache with `reserve` room to
+    spare; rows that ask the same prompt (self-consistency's K samples) get copies of its one
+    computed row, which for K=8 takes seven in eight prompt tokens out of the prefill. What the
+    distinct prompts all begin with (the system prompt and few-shot examples) is computed once
+    too and copied to each: a row's columns are [shared prefix][padding, masked][its own
+    suffix], so it still sees its prompt at positions 0..n-1."""
+    where: dict[tuple[int, ...], int] = {}
+    for row in rows:
+        where.setdefault(tuple(prompts[row]), len(where))
+    texts = [list(text) for text in where]
     shared = min(_common_prefix(texts), min(map(len, texts)) - 1)  # each row keeps >= 1 token of its own
-    shared = shared if len(rows) > 1 and shared >= MIN_SHARED else 0
+    shared = shared if len(texts) > 1 and shared >= MIN_SHARED else 0
     suffixes = [t[shared:] for t in texts]
     width = max(map(len, suffixes))
     cache, argument = ReservedCache(reserve + width), cache_argument(model)
     if shared:
         model(input_ids=torch.tensor([texts[0][:shared]], device=model.device), use_cache=True, logits_to_keep=1,
               **{argument: cache})
-        cache.batch_repeat_interleave(len(rows))
+        cache.batch_repeat_interleave(len(texts))
     input_ids = torch.tensor([[pad] * (width - len(s)) + s for s in suffixes], device=model.device)
     mask = torch.tensor([[1] * shared + [0] * (width - len(s)) + [1] * len(s) for s in suffixes], device=model.device)
     logits = model(input_ids=input_ids, attention_mask=mask, position_ids=(mask.cumsum(-1) - 1).clamp(min=0)[:, shared:],
                    use_cache=True, logits_to_keep=1, **{argument: cache}).logits[:, -1]
-    return _Batch(list(rows), cache, mask, logits)
+    batch = _Batch(list(range(len(texts))), cache, mask, logits)
+    if len(texts) < len(rows):
+        _select(batch, torch.tensor([where[tuple(prompts[row])] for row in rows], device=model.device))
+    batch.rows = list(rows)
+    return batch
 
 
 def _common_prefix(texts: list[list[int]]) -> int:
