@@ -4,7 +4,9 @@ self-consistency (K sampled replies per problem), on the same prompts in one pro
 Same model (the embedded SmolLM2-135M-Instruct unless --model), the same GSM8K problems
 (the seeded sample of train eval_throughput.py scores), the `cot` student prompt every eval
 uses, the same stop string, max new tokens and batch (rows in flight); one model load,
-timings exclude it. transformers runs length-sorted, left-padded batches through
+timings exclude it; `--no-pack` keeps transformers' own dense Linear weights (no
+`pack_linear_weights`), and the digest of the greedy texts printed at the end tells whether
+two runs wrote the same replies. transformers runs length-sorted, left-padded batches through
 `model.generate` (self-consistency: `num_return_sequences=K`, batch / K prompts at a time).
 lm-evaluation-harness end to end, as a CLI, is benchmarks/eval_throughput.py.
 
@@ -13,6 +15,7 @@ lm-evaluation-harness end to end, as a CLI, is benchmarks/eval_throughput.py.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import sys
 import tempfile
@@ -23,7 +26,7 @@ import torch
 
 from cotdistill.methods import get_method
 from cotdistill.models import LocalModel
-from cotdistill.models.local import encode_prompt
+from cotdistill.models.local import encode_prompt, load_model
 from cotdistill.tasks import get_task
 
 from _gsm8k_sample import arguments, write_sample
@@ -58,12 +61,14 @@ def main() -> None:
     parser.add_argument("--model", default="smollm2-135m")
     parser.add_argument("--device", default=None, help="cpu, cuda (default: the best there is)")
     parser.add_argument("--skip-transformers", action="store_true")
+    parser.add_argument("--no-pack", action="store_true", help="dense Linear weights, as transformers loads them")
     args = parser.parse_args()
     sample = Path(tempfile.mkdtemp(prefix="cotdistill-bench-")) / "gsm8k.jsonl"
     problems = get_task("gsm8k").load(write_sample(args.data, args.n, args.seed, sample), split="test")
     method = get_method("cot")
     requests = [method.student_messages(p) for p in problems]
-    model = LocalModel(args.model, device=args.device, batch_size=args.batch_size)
+    model = LocalModel(args.model, device=args.device, batch_size=args.batch_size,
+                       loaded=load_model(args.model, args.device) if args.no_pack else None)
     model.generate(requests[:2], 4)  # warm-up: first-call allocations and kernel choices
     rows = []
     for samples in sorted({1, args.samples}):
@@ -73,6 +78,8 @@ def main() -> None:
                              method.stop, args.seed)
         seconds = time.perf_counter() - started
         correct = sum(method.parse(c.text, p).kept for c, p in zip(out[::samples], problems))
+        if samples == 1:
+            digest = hashlib.sha256("\x00".join(c.text for c in out).encode()).hexdigest()[:16]
         rows.append(("cotdistill", samples, seconds, sum(c.completion_tokens for c in out), correct))
         if not args.skip_transformers:
             started = time.perf_counter()
@@ -90,7 +97,7 @@ def main() -> None:
     ours = [r for r in rows if r[0] == "cotdistill"]
     if len(ours) == 2:
         print(f"\nself-consistency K={args.samples} / greedy, ours: {ours[1][2] / ours[0][2]:.2f}x the wall time")
-    print(f"greedy first-sample strict correct: {ours[0][4]}/{args.n}")
+    print(f"greedy first-sample strict correct: {ours[0][4]}/{args.n}; greedy texts' sha256 {digest}")
     print("\nreproduce: .venv/bin/python benchmarks/generation_throughput.py " + " ".join(sys.argv[1:]))
     json.dump([dict(zip(("decoder", "samples", "seconds", "tokens", "correct"), r)) for r in rows],
               sys.stderr)

@@ -29,14 +29,19 @@ def test_batched_generation_equals_one_by_one(tiny_model):
 
 @pytest.mark.parametrize("batch_size", [8, 3, 1])
 def test_decoding_matches_transformers_generate_when_rows_finish_apart(tiny_model, batch_size):
-    """Dropping finished rows from the batch and KV cache, and (batch 3: 8 prompts through 3
-    slots) prefilling waiting prompts into the slots they free, must not change any row's tokens.
+    """Dropping finished rows from the batch and KV cache, (batch 3: 8 prompts through 3 slots)
+    prefilling waiting prompts into the slots they free, and the packed CPU weights must not
+    change any row's tokens against plain transformers `generate`, one row at a time.
 
     A token that the untrained model emits at different steps in different rows is made
     the EOS, so rows leave the batch at different times."""
     import collections
 
+    from transformers import AutoModelForCausalLM
+
     model = LocalModel(str(tiny_model), batch_size=batch_size)
+    assert model.model.model.layers[0].mlp.up_proj.weight.is_mkldnn  # packed for CPU (pack_linear_weights)
+    stock = AutoModelForCausalLM.from_pretrained(str(tiny_model))  # plain transformers, weights as saved
     problems = get_task("arith").load(split="test", limit=8)
     prompts = [render_prompt(model.tokenizer, get_method("cot").student_messages(p)) for p in problems]
     encoded = [model.tokenizer(p, add_special_tokens=False, return_tensors="pt") for p in prompts]
@@ -44,8 +49,8 @@ def test_decoding_matches_transformers_generate_when_rows_finish_apart(tiny_mode
     def reference(eos: int | None) -> list[list[int]]:
         rows = []
         for inputs in encoded:
-            out = model.model.generate(**inputs, max_new_tokens=24, do_sample=False, eos_token_id=eos,
-                                       pad_token_id=model.tokenizer.pad_token_id)
+            out = stock.generate(**inputs, max_new_tokens=24, do_sample=False, eos_token_id=eos,
+                                 pad_token_id=model.tokenizer.pad_token_id)
             rows.append(out[0, inputs["input_ids"].shape[1]:].tolist())
         return rows
 

@@ -9,9 +9,12 @@ import pytest
 
 from cotdistill.annotate import annotate
 from cotdistill.evaluate import evaluate
-from cotdistill.models import embedded_model_dir
+from cotdistill.methods import get_method
+from cotdistill.models import LocalModel, embedded_model_dir
+from cotdistill.models.local import encode_prompt
 from cotdistill.report import report
 from cotdistill.store import Store
+from cotdistill.tasks import get_task
 from cotdistill.train import train
 
 pytestmark = pytest.mark.integration
@@ -22,6 +25,25 @@ def test_embedded_model_converts_once_to_a_safetensors_cache():
     assert (directory / "model.safetensors").is_file()
     assert json.loads((directory / "config.json").read_text())["model_type"] == "llama"
     assert embedded_model_dir() == directory  # second call: straight from the cache
+
+
+def test_the_embedded_model_decodes_token_for_token_as_plain_transformers_generate():
+    """The engine as eval runs it (6 prompts through 4 slots: a refill, a shared prefix, the
+    reserved cache, the packed CPU weights) on the real 135M model, against transformers
+    `generate` on the weights as saved, one prompt at a time, greedy."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    model = LocalModel("smollm2-135m", batch_size=4)
+    stock = AutoModelForCausalLM.from_pretrained(str(embedded_model_dir()))
+    requests = [get_method("cot").student_messages(p) for p in get_task("arith").load(split="test", limit=6)]
+    ours = model.generate(requests, max_new_tokens=64)
+    for completion, messages in zip(ours, requests):
+        ids = torch.tensor([encode_prompt(model.tokenizer, messages)])
+        row = stock.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=64, do_sample=False,
+                             pad_token_id=model.tokenizer.pad_token_id)[0, ids.shape[1]:]
+        assert completion.completion_tokens == len(row)
+        assert completion.text == model.tokenizer.decode(row, skip_special_tokens=True).strip()
 
 
 def test_embedded_teacher_annotate_train_eval(tmp_path):
