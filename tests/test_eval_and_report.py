@@ -98,9 +98,13 @@ def test_a_prompt_asked_k_times_is_prefilled_once_and_each_copy_samples_its_own_
     """Self-consistency's shape: two problems asked four times each. The prefill computes two
     rows, not eight; the eight rows then decode side by side and sample apart."""
     model = LocalModel(str(tiny_model), batch_size=8)
-    calls = []
-    forward = model.model.forward
-    model.model.forward = lambda *args, **kwargs: calls.append(tuple(kwargs["input_ids"].shape)) or forward(*args, **kwargs)
+    calls, forward = [], model.model.forward
+
+    def recorded(*args, **kwargs):
+        calls.append(tuple(kwargs["input_ids"].shape))
+        return forward(*args, **kwargs)
+
+    model.model.forward = recorded
     requests = [[{"role": "user", "content": q}] for q in ["What is 3 plus 4?", "Sum 12 and 30."] for _ in range(4)]
     out = model.generate(requests, max_new_tokens=16, temperature=1.0, seed=3)
     assert calls[0][0] == 2 and all(shape == (8, 1) for shape in calls[1:])
