@@ -77,16 +77,17 @@ def main() -> None:
         packed = [(w / s[:, None]).round().to(torch.int8) for w, s in zip(weights, scales)]
         fp32 = per_step_ms(lambda: [F.linear(x, w) for w in weights], args.repeats)
         onednn = per_step_ms(lambda: [layer(x) for layer in layers], args.repeats)
-        int8, error = "-", "-"
+        int8 = error = "-"
         if not args.skip_int8:
-            int8 = per_step_ms(lambda: [int8_linear(x, q, s) for q, s in zip(packed, scales)], args.repeats)
+            ms = per_step_ms(lambda: [int8_linear(x, q, s) for q, s in zip(packed, scales)], args.repeats)
+            totals[2] += ms
+            int8 = f"{ms:.1f}"
             error = f"{max(relative_error(x, w, q, s) for w, q, s in zip(weights[:2], packed, scales)):.4f}"
-            totals[2] += int8
-            int8 = f"{int8:.1f}"
         totals[0] += fp32
         totals[1] += onednn
         print(f"| {kind} ({out_features}x{in_features}) | {count} | {fp32:.1f} | {onednn:.1f} | {int8} | {error} |")
     print(f"| all | | {totals[0]:.1f} | {totals[1]:.1f} | {'-' if args.skip_int8 else f'{totals[2]:.1f}'} | |")
+
 
 if __name__ == "__main__":
     main()

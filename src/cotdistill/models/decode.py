@@ -193,9 +193,10 @@ def _prefill(model: Any, prompts: Sequence[list[int]], rows: list[int], reserve:
     distinct prompts all begin with (the system prompt and few-shot examples) is computed once
     too and copied to each: a row's columns are [shared prefix][padding, masked][its own
     suffix], so it still sees its prompt at positions 0..n-1."""
+    keys = [tuple(prompts[row]) for row in rows]
     where: dict[tuple[int, ...], int] = {}
-    for row in rows:
-        where.setdefault(tuple(prompts[row]), len(where))
+    for key in keys:
+        where.setdefault(key, len(where))
     texts = [list(text) for text in where]
     shared = min(_common_prefix(texts), min(map(len, texts)) - 1)  # each row keeps >= 1 token of its own
     shared = shared if len(texts) > 1 and shared >= MIN_SHARED else 0
@@ -212,7 +213,7 @@ def _prefill(model: Any, prompts: Sequence[list[int]], rows: list[int], reserve:
                    use_cache=True, logits_to_keep=1, **{argument: cache}).logits[:, -1]
     batch = _Batch(list(range(len(texts))), cache, mask, logits)
     if len(texts) < len(rows):
-        _select(batch, torch.tensor([where[tuple(prompts[row])] for row in rows], device=model.device))
+        _select(batch, torch.tensor([where[key] for key in keys], device=model.device))
     batch.rows = list(rows)
     return batch
 
