@@ -59,13 +59,13 @@ def test_an_exported_lora_student_loads_in_plain_transformers_and_generates_what
     model = AutoModelForCausalLM.from_pretrained(tmp_path / "exported")
     tokenizer = AutoTokenizer.from_pretrained(tmp_path / "exported")
     with Store(tmp_path) as store:
-        stored = {p.problem_id: p.text for p in store.predictions("eval:student:arith:test")}
+        stored = {p.problem_key: p.text for p in store.predictions("eval:student:arith:test")}
     for problem in get_task("arith").load(split="test", limit=3):
         inputs = tokenizer.apply_chat_template(get_method("cot").student_messages(problem), add_generation_prompt=True,
                                                return_tensors="pt", return_dict=True)
         output = model.generate(**inputs, tokenizer=tokenizer)
         text = tokenizer.decode(output[0, inputs["input_ids"].shape[1]:], skip_special_tokens=True)
-        assert text.strip() == stored[problem.id].strip() != ""
+        assert text.strip() == stored[problem.key].strip() != ""
 
     with pytest.raises(CotdistillError, match="exists and is not an empty directory"):
         export_model(tmp_path, "student", tmp_path / "exported")

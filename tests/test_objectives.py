@@ -136,10 +136,10 @@ def _store_with_logprobs(run_dir, model_dir, tokens_from=None):
     store = Store(run_dir)
     model, tokenizer = load_model(str(tokens_from or model_dir))
     cot = get_method("cot")
-    problems = {p.id: p for p in store.problems("arith", "train")}
+    problems = store.problems(a.problem_key for a in store.annotations("cot"))
     rows = []
     for a in store.annotations("cot"):
-        feature = tokenize_example(tokenizer, cot.student_messages(problems[a.problem_id]), a.parsed["rationale"], 512)
+        feature = tokenize_example(tokenizer, cot.student_messages(problems[a.problem_key]), a.parsed["rationale"], 512)
         rows.append(dataclasses.replace(a, key=a.key + "-lp", teacher="recorded", logprobs=_top_k(model, tokenizer, feature)))
     store.db.execute("DELETE FROM annotations")
     store.add_annotations(rows)

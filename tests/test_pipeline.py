@@ -81,7 +81,7 @@ def test_eval_runs_a_two_stage_pipeline_and_stores_cost_per_stage(tmp_path, tiny
     with Store(tmp_path) as store:  # the copies of a prompt, sampled in one call, are samples apart
         texts: dict[str, set[str]] = {}
         for prediction in store.predictions("sc"):
-            texts.setdefault(prediction.problem_id, set()).add(prediction.text)
+            texts.setdefault(prediction.problem_key, set()).add(prediction.text)
     assert max(len(t) for t in texts.values()) > 1
     markdown = report(tmp_path)
     assert "decompose_solve" in markdown and "single x3" in markdown

@@ -1,8 +1,8 @@
 """annotate: a teacher writes rationales for a task's problems; each is parsed, its answer
 checked, and stored kept or rejected (with the reason).
 
-Resumable by construction: every request is keyed by a hash of (teacher, method, prompt,
-sampling, sample index); a rerun asks the store which keys exist and sends only the rest.
+Resumable by construction: every request is keyed by a hash of the problem's content key and
+(teacher, method, prompt, sampling, sample index); a rerun asks the store which keys exist and sends only the rest.
 Results are committed every few dozen rows or half second (by a writer thread), so a
 crash or kill -9 loses at most the requests in flight, which the next run sends again. A request that fails
 every retry, or that the server refuses (4xx), is not stored: it stays pending, never
@@ -73,12 +73,15 @@ def annotate(run_dir: str | Path, config: AnnotateConfig | str | None = None, *,
         "temperature": c.temperature, "max_new_tokens": c.max_new_tokens, "seed": c.seed}
     if api and api.top_logprobs:
         sampling["top_logprobs"] = api.top_logprobs
-    requests = [Request(request_key(c.teacher, the_method.name, messages, sampling, sample), problem, sample, messages)
+    # A request is what was asked (teacher, prompt, sampling, sample) for one problem exactly: its
+    # verdict (kept, the answer's check) and a gold teacher's text depend on the problem, not the prompt.
+    requests = [Request(request_key(problem.key, request_key(c.teacher, the_method.name, messages, sampling, sample)),
+                        problem, sample, messages)
                 for problem in problems for messages in [the_method.teacher_messages(problem)]
                 for sample in range(c.samples)]
     keys = [r.key for r in requests]
     with Store(run_dir) as store:
-        store.add_problems(the_task.name, c.split, problems)
+        store.add_problems(problems)
         # A paid teacher's job is held by one process at a time (pending is read inside the lease,
         # and everything is written before it is let go): two would pay twice for the same requests.
         paid = api is not None and not status
@@ -192,6 +195,7 @@ class _Writer:
             outcome = parsed.get(i)
             rows.append(Annotation(
                 key=request.key, task=self.task, split=self.split, problem_id=request.problem.id,
+                problem_key=request.problem.key,
                 method=self.method.name, teacher=self.teacher, sample=request.sample,
                 prompt=_prompt_text(request.messages), text=completion.text,
                 parsed=outcome.fields if outcome else {}, answer=outcome.answer if outcome else None,

@@ -2,12 +2,16 @@
 are extracted (strict and flexible), scored, and stored with their cost per stage (calls,
 tokens, seconds, FLOPs, USD).
 
-Predictions are committed chunk by chunk under the eval run's name, so a rerun continues
-where an interrupted one stopped and a finished one costs nothing.
+Predictions are committed chunk by chunk under the eval run's name and each problem's content
+key, so a rerun continues where an interrupted one stopped and a finished one costs nothing,
+and a prediction is only ever scored against the question it answered. A name stands for one
+eval: its data (content hash), models, method, pipeline and sampling; the same name asked
+for other data is refused in one line naming both. One process at a time runs a name.
 """
 
 from __future__ import annotations
 
+import hashlib
 import math
 from collections.abc import Sequence
 from dataclasses import replace
@@ -22,7 +26,7 @@ from cotdistill.models.openai_api import load_backend
 from cotdistill.pipeline import Settings, Trace, check_pipeline, run_pipeline, vote
 from cotdistill.sandbox import require_sandbox
 from cotdistill.store import Prediction, Store, model_in_run
-from cotdistill.tasks import Problem, get_task
+from cotdistill.tasks import Problem, data_identity, get_task
 
 
 def wilson_interval(successes: int, n: int, z: float = 1.96) -> tuple[float, float]:
@@ -53,19 +57,24 @@ def evaluate(run_dir: str | Path, config: EvalConfig | str | None = None, **sett
     if the_method.runs_programs:  # a sandbox that cannot run stops here, before the run is registered
         require_sandbox(model_written=True, accept_weak=c.weak_sandbox)
     problems = the_task.load(c.data, c.split, c.limit)
+    source, data = data_identity(the_task, c.data)
     paths = {stage: model_in_run(run_dir, name) for stage, name in c.stages.items()}
     label = c.model if c.stages == {"model": c.model} else ",".join(f"{k}={v}" for k, v in c.stages.items())
     run = c.name or f"eval:{label}:{the_task.name}:{c.split}" + ("" if c.pipeline == "single" else f":{c.pipeline}")
+    # Everything that makes its answers, so a name never stands for two evals: the data scored,
+    # the models (and which training of a student), the method, pipeline and sampling.
     recorded = {"model": label, "model_path": paths.get("model", ""), "task": the_task.name, "split": c.split,
-                "method": c.method, "temperature": c.temperature, "max_new_tokens": c.max_new_tokens,
+                "data": data, "data_source": source, "model_versions": _versions(paths),
+                "method": c.method, "temperature": c.temperature, "seed": c.seed, "max_new_tokens": c.max_new_tokens,
                 "pipeline": c.pipeline, "models": c.stages, "samples": c.samples, "problems": len(problems)}
-    with Store(run_dir) as store:
-        store.add_problems(the_task.name, c.split, problems)
+    unknown_before = {key: recorded[key] for key in ("data", "model_versions", "seed")}  # records of schema 0 lack them
+    with Store(run_dir) as store, store.lease(f"eval {run}", "wait for it to finish, then rerun to score what it left"):
+        store.add_problems(problems)
         done = store.predicted(run)
         store.start_run(run, "eval", recorded, produced=bool(done),
                         defaults={"pipeline": default_of(EvalConfig, "pipeline"), "models": {"model": label},
-                                  "samples": default_of(EvalConfig, "samples")})
-        pending = [p for p in problems if any((p.id, s) not in done for s in range(c.samples))]
+                                  "samples": default_of(EvalConfig, "samples"), **unknown_before})
+        pending = [p for p in problems if any((p.key, s) not in done for s in range(c.samples))]
         if pending:
             backends = {path: load_backend(path, c.api, c.batch_size) for path in dict.fromkeys(paths.values())}
             failed, sent, reason = _predict(store, run, pending, {stage: backends[path] for stage, path in paths.items()},
@@ -95,7 +104,7 @@ def _predict(store: Store, run: str, pending: Sequence[Problem], by_stage: dict[
         traces = run_pipeline(pipeline, repeated, by_stage, method, replace(settings, seed=settings.seed + start))
         answered = [(i % samples, p, t) for i, (p, t) in enumerate(zip(repeated, traces)) if t.failure is None]
         store.add_predictions(_prediction(run, p, sample, t) for sample, p, t in answered)
-        store.add_stage_costs(run, [(p.id, sample, t.stages) for sample, p, t in answered])
+        store.add_stage_costs(run, [(p.key, sample, t.stages) for sample, p, t in answered])
         sent += len(repeated)
         failed += len(repeated) - len(answered)
         reason = reason or next((t.failure for t in traces if t.failure), None)
@@ -104,10 +113,31 @@ def _predict(store: Store, run: str, pending: Sequence[Problem], by_stage: dict[
     return failed, sent, reason
 
 
+def _versions(paths: dict[str, str]) -> dict[str, str]:
+    """Which build of each stage's model: a directory's (a student of this run, a local model)
+    is a hash of its small files (configs, a student's `cotdistill.json`, which a new training
+    rewrites) and its weight files' sizes, so a student trained again under its old name is not
+    taken for the one an eval's predictions came from. Names (aliases, hub ids, openai:MODEL)
+    stand for themselves."""
+    versions = {}
+    for stage, path in paths.items():
+        directory = Path(path)
+        if not directory.is_dir():
+            continue
+        digest = hashlib.sha256()
+        for file in sorted(p for p in directory.glob("*") if p.is_file()):
+            size = file.stat().st_size
+            digest.update(f"{file.name}:{size}\n".encode())
+            if file.suffix == ".json" and size < 1 << 20:
+                digest.update(file.read_bytes())
+        versions[stage] = digest.hexdigest()[:16]
+    return versions
+
+
 def _prediction(run: str, problem: Any, sample: int, trace: Trace) -> Prediction:
     flexible = extract_flexible(trace.text, problem.kind)
     costs = trace.stages.values()
-    return Prediction(run, problem.id, sample, trace.text, trace.answer, flexible,
+    return Prediction(run, problem.key, sample, trace.text, trace.answer, flexible,
                       is_correct(trace.answer, problem.answer, problem.kind),
                       is_correct(flexible, problem.answer, problem.kind),
                       sum(c.prompt_tokens for c in costs), sum(c.completion_tokens for c in costs),
@@ -118,15 +148,15 @@ def score(store: Store, run: str, problems: Sequence[Problem]) -> dict[str, floa
     """Metrics over this call's problems only, however many the run has predicted before.
     With several samples per problem, the strict answer is their majority vote
     (self-consistency) and costs add up over the samples."""
-    wanted = {p.id: p for p in problems}
+    wanted = {p.key: p for p in problems}
     by_problem: dict[str, list[Prediction]] = {}
     for prediction in store.predictions(run):
-        if prediction.problem_id in wanted:
-            by_problem.setdefault(prediction.problem_id, []).append(prediction)
+        if prediction.problem_key in wanted:
+            by_problem.setdefault(prediction.problem_key, []).append(prediction)
     n = len(by_problem)
     strict = flexible = no_answer = 0
-    for problem_id, predictions in by_problem.items():
-        problem = wanted[problem_id]
+    for problem_key, predictions in by_problem.items():
+        problem = wanted[problem_key]
         answer = vote([Trace(p.text, p.strict) for p in predictions], problem.kind)
         strict += is_correct(answer, problem.answer, problem.kind)
         flexible += is_correct(vote([Trace(p.text, p.flexible) for p in predictions], problem.kind),

@@ -6,8 +6,9 @@ Formats follow TRL's dataset conventions, so `SFTTrainer` takes the files as the
 - `messages`: JSONL of {"messages": [..., assistant message]} (TRL's conversational);
 - `dataset`: a Hugging Face `datasets` directory (`load_from_disk`) with the
   prompt-completion columns.
-Every row also carries role, task, split, problem_id, teacher and sample, so a multi-student
-method (socratic `qg`/`qa`, dss `label`/`rationale`) can be split downstream.
+Every row also carries role, task, split, problem_id, problem_key (the problem's content key:
+one per question, whichever file it came from), teacher and sample, so a multi-student method
+(socratic `qg`/`qa`, dss `label`/`rationale`) can be split downstream.
 """
 
 from __future__ import annotations
@@ -31,7 +32,7 @@ def export(run_dir: str | Path, out: str | Path, method: str = "cot", format: st
     the_method = get_method(method)
     if format != "dataset" and Path(out).is_dir():
         raise CotdistillError(f"--out {out}: is a directory; give a .jsonl file path (a directory is for --format dataset)")
-    store = Store(run_dir)
+    store = Store(run_dir, create=False)  # an export reads: a mistyped --run-dir is an error, not a new run
     try:
         pairs = stored_examples(store, the_method, list(roles or the_method.roles), task, split)
     finally:
@@ -39,7 +40,7 @@ def export(run_dir: str | Path, out: str | Path, method: str = "cot", format: st
     rows = []
     for a, example in pairs:
         meta = {"role": example.role, "task": a.task, "split": a.split, "problem_id": a.problem_id,
-                "teacher": a.teacher, "sample": a.sample}
+                "problem_key": a.problem_key, "teacher": a.teacher, "sample": a.sample}
         completion = {"role": "assistant", "content": example.completion}
         if format == "messages":
             rows.append({"messages": [*example.messages, completion], **meta})

@@ -39,7 +39,7 @@ def eval_rows(store: Store) -> list[dict[str, Any]]:
 def report(run_dir: str | Path) -> str:
     """Write report.md, report.csv and report.png into the run directory; return the markdown."""
     run_dir = Path(run_dir)
-    store = Store(run_dir)
+    store = Store(run_dir, create=False)  # a report reads: a mistyped --run-dir is an error, not a new run
     rows = eval_rows(store)
     trainings = [r for r in store.runs("train") if r["status"] == "done"]
     store.close()

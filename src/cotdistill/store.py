@@ -41,15 +41,16 @@ def model_in_run(run_dir: str | Path, name: str) -> str:
     trained = student_dir(run_dir, name)
     return str(trained) if trained.is_dir() else name
 
+SCHEMA_VERSION = 1  # PRAGMA user_version; 0: the positional problem ids of before (migrated on open)
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS problems (
-    task TEXT NOT NULL, split TEXT NOT NULL, id TEXT NOT NULL,
-    question TEXT NOT NULL, answer TEXT NOT NULL, kind TEXT NOT NULL, gold TEXT NOT NULL,
-    PRIMARY KEY (task, split, id)
+    key TEXT PRIMARY KEY,
+    task TEXT NOT NULL, id TEXT NOT NULL, question TEXT NOT NULL, answer TEXT NOT NULL, kind TEXT NOT NULL,
+    gold TEXT NOT NULL, repeat INTEGER NOT NULL
 );
 CREATE TABLE IF NOT EXISTS annotations (
     key TEXT PRIMARY KEY,
-    task TEXT NOT NULL, split TEXT NOT NULL, problem_id TEXT NOT NULL,
+    task TEXT NOT NULL, split TEXT NOT NULL, problem_id TEXT NOT NULL, problem_key TEXT NOT NULL,
     method TEXT NOT NULL, teacher TEXT NOT NULL, sample INTEGER NOT NULL,
     prompt TEXT NOT NULL, text TEXT NOT NULL, parsed TEXT NOT NULL, answer TEXT,
     kept INTEGER NOT NULL, reason TEXT NOT NULL,
@@ -62,22 +63,25 @@ CREATE TABLE IF NOT EXISTS runs (
     status TEXT NOT NULL, result TEXT NOT NULL DEFAULT '{}', started REAL NOT NULL, finished REAL
 );
 CREATE TABLE IF NOT EXISTS predictions (
-    run TEXT NOT NULL, problem_id TEXT NOT NULL, sample INTEGER NOT NULL,
+    run TEXT NOT NULL, problem_key TEXT NOT NULL, sample INTEGER NOT NULL,
     text TEXT NOT NULL, strict TEXT, flexible TEXT,
     correct_strict INTEGER NOT NULL, correct_flexible INTEGER NOT NULL,
     prompt_tokens INTEGER NOT NULL, completion_tokens INTEGER NOT NULL, seconds REAL NOT NULL,
-    PRIMARY KEY (run, problem_id, sample)
+    PRIMARY KEY (run, problem_key, sample)
 );
 CREATE TABLE IF NOT EXISTS stage_costs (
-    run TEXT NOT NULL, problem_id TEXT NOT NULL, sample INTEGER NOT NULL, stage TEXT NOT NULL,
+    run TEXT NOT NULL, problem_key TEXT NOT NULL, sample INTEGER NOT NULL, stage TEXT NOT NULL,
     calls INTEGER NOT NULL, prompt_tokens INTEGER NOT NULL, completion_tokens INTEGER NOT NULL,
     seconds REAL NOT NULL, flops REAL NOT NULL, usd REAL NOT NULL,
-    PRIMARY KEY (run, problem_id, sample, stage)
+    PRIMARY KEY (run, problem_key, sample, stage)
 );
 CREATE TABLE IF NOT EXISTS metrics (
     run TEXT NOT NULL, name TEXT NOT NULL, value REAL NOT NULL, PRIMARY KEY (run, name)
 );
 """
+# Not settings of a run: sizes may grow; where its data was read from may move (its content is `data`).
+UNBOUND = {"problems", "examples", "data_source"}
+ORPHANED = "made from a question the store no longer holds (another file's problems replaced it before schema 1)"
 
 
 def request_key(*parts: Any) -> str:
@@ -90,7 +94,8 @@ class Annotation:
     key: str
     task: str
     split: str
-    problem_id: str
+    problem_id: str  # where the problem is in its source, for people
+    problem_key: str  # which problem exactly (Problem.key): what training and export rebuild it from
     method: str
     teacher: str
     sample: int
@@ -110,7 +115,7 @@ class Annotation:
 @dataclass(frozen=True)
 class Prediction:
     run: str
-    problem_id: str
+    problem_key: str
     sample: int
     text: str
     strict: str | None
@@ -162,28 +167,88 @@ class _Connection:
 
 
 class Store:
-    """A run directory's database. Open it with `Store(run_dir)`; it is created on first use."""
+    """A run directory's database. Open it with `Store(run_dir)`; it is created on first use.
+    `create=False` (the verbs that only read: report, export) refuses a directory without a
+    store instead of making one."""
 
-    def __init__(self, run_dir: str | Path):
+    def __init__(self, run_dir: str | Path, create: bool = True):
         self.run_dir = Path(run_dir)
         self.path = self.run_dir / "store.sqlite"
+        if not create and not self.path.is_file():
+            raise CotdistillError(f"{self.run_dir}: no run here (no store.sqlite): check --run-dir")
         try:
             self.run_dir.mkdir(parents=True, exist_ok=True)
         except OSError as error:  # a file in the way, a read-only place, a name too long
-            raise CotdistillError(f"run directory {self.run_dir}: {error.strerror}") from None
+            raise CotdistillError(f"{self.run_dir}: run directory: {error.strerror}") from None
         self.db = _Connection(self.path)
         self.db.execute("PRAGMA journal_mode=WAL")
         self.db.execute("PRAGMA synchronous=NORMAL")  # WAL + NORMAL: a killed process loses no commit
-        self.db.executescript(SCHEMA)
-        self._migrate()
+        self._open_schema()
 
-    def _migrate(self) -> None:
-        """Columns added since a store was created (stores from older versions keep working)."""
-        have = {r[1] for r in self.db.execute("PRAGMA table_info(annotations)")}
+    def _open_schema(self) -> None:
+        """Create the tables, or bring a store of an older schema to this one in place (one
+        transaction, so a kill leaves the old store as it was), or refuse a newer one."""
+        version = self.db.execute("PRAGMA user_version").fetchone()[0]
+        if version == SCHEMA_VERSION:
+            return
+        if version > SCHEMA_VERSION:
+            raise EnvironmentProblem(f"{self.path}: written by a newer cotdistill (store schema {version}; this one "
+                                     f"reads {SCHEMA_VERSION}): upgrade cotdistill to use this run")
         with self.db:
-            for column, spec in (("finish_reason", "TEXT NOT NULL DEFAULT 'stop'"), ("logprobs", "TEXT")):
-                if column not in have:
-                    self.db.execute(f"ALTER TABLE annotations ADD COLUMN {column} {spec}")
+            self.db.execute("BEGIN IMMEDIATE")  # a second process opening the store waits, then finds it done
+            version = self.db.execute("PRAGMA user_version").fetchone()[0]
+            if version == 0 and self.db.execute("SELECT 1 FROM sqlite_master WHERE name = 'problems'").fetchone():
+                self._from_positional_ids()
+            if version < SCHEMA_VERSION:
+                for statement in SCHEMA.split(";"):
+                    if statement.strip():
+                        self.db.execute(statement)
+                self.db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+
+    def _from_positional_ids(self) -> None:
+        """Schema 0 -> 1: problems were keyed (task, split, id), with ids by position (`jsonl-0`
+        in every file), and a second file's problems replaced the first's. Each problem gets its
+        content key; an annotation follows the problem it names if its prompt holds that
+        problem's question, else it was made from a replaced question: it stays, counted, but
+        not kept (annotate the file again). Annotation keys become `request_key(problem key,
+        old key)`, exactly what annotate now asks for, so nothing already paid is asked again.
+        Predictions follow their eval's (task, split) problems (they hold no question to check)."""
+        old_problems = {(r["task"], r["split"], r["id"]): Problem(r["id"], r["question"], r["answer"], r["kind"],
+                                                                  json.loads(r["gold"]), r["task"])
+                        for r in self.db.execute("SELECT * FROM problems")}
+        annotations = [dict(r) for r in self.db.execute("SELECT * FROM annotations ORDER BY rowid")]
+        evals = {r["name"]: json.loads(r["config"]) for r in self.db.execute("SELECT name, config FROM runs")}
+        tables = {name: [dict(r) for r in self.db.execute(f"SELECT * FROM {name} ORDER BY rowid")]
+                  for name in ("predictions", "stage_costs")}
+        for name in ("problems", "annotations", "predictions", "stage_costs"):
+            self.db.execute(f"DROP TABLE {name}")
+        for statement in SCHEMA.split(";"):
+            if statement.strip():
+                self.db.execute(statement)
+        self.db.executemany("INSERT OR IGNORE INTO problems VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                            [_problem_row(p) for p in old_problems.values()])
+        for row in annotations:
+            problem = old_problems.get((row["task"], row["split"], row["problem_id"]))
+            if problem is not None and problem.question in row["prompt"]:
+                row.update(key=request_key(problem.key, row["key"]), problem_key=problem.key)
+            else:
+                row.update(problem_key="", kept=0, reason=ORPHANED)
+            row.setdefault("finish_reason", "stop")  # columns added before schema 0 had a number
+            row.setdefault("logprobs", None)
+        if annotations:
+            columns = list(annotations[0])
+            self.db.executemany(f"INSERT INTO annotations ({', '.join(columns)}) VALUES "
+                                f"({', '.join(':' + c for c in columns)})", annotations)
+        for name, rows in tables.items():
+            for row in rows:
+                config = evals.get(row["run"], {})
+                problem = old_problems.get((config.get("task"), config.get("split"), row["problem_id"]))
+                row["problem_key"] = problem.key if problem else f"unknown:{row['problem_id']}"
+                del row["problem_id"]
+            if rows:
+                columns = list(rows[0])
+                self.db.executemany(f"INSERT OR IGNORE INTO {name} ({', '.join(columns)}) VALUES "
+                                    f"({', '.join(':' + c for c in columns)})", rows)
 
     def close(self) -> None:
         self.db.close()
@@ -222,16 +287,23 @@ class Store:
                 fcntl.flock(handle, fcntl.LOCK_UN)
 
     # problems ---------------------------------------------------------------------------
-    def add_problems(self, task: str, split: str, problems: Iterable[Problem]) -> None:
+    def add_problems(self, problems: Iterable[Problem]) -> None:
+        """Store problems by content key: a key names one content, so a problem met again (in
+        another file, another split) is the row there already, and no file replaces another's."""
         with self.db:
-            self.db.executemany(
-                "INSERT OR REPLACE INTO problems VALUES (?, ?, ?, ?, ?, ?, ?)",
-                [(task, split, p.id, p.question, p.answer, p.kind, json.dumps(p.gold)) for p in problems],
-            )
+            self.db.executemany("INSERT OR IGNORE INTO problems VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                                [_problem_row(p) for p in problems])
 
-    def problems(self, task: str, split: str) -> list[Problem]:
-        rows = self.db.execute("SELECT * FROM problems WHERE task = ? AND split = ? ORDER BY rowid", (task, split))
-        return [Problem(r["id"], r["question"], r["answer"], r["kind"], json.loads(r["gold"])) for r in rows]
+    def problems(self, keys: Iterable[str]) -> dict[str, Problem]:
+        """The stored problems of these keys (those the store holds)."""
+        keys = list(dict.fromkeys(keys))
+        found: dict[str, Problem] = {}
+        for start in range(0, len(keys), 500):
+            chunk = keys[start : start + 500]
+            for r in self.db.execute(f"SELECT * FROM problems WHERE key IN ({','.join('?' * len(chunk))})", chunk):
+                found[r["key"]] = Problem(r["id"], r["question"], r["answer"], r["kind"], json.loads(r["gold"]),
+                                          r["task"], r["repeat"])
+        return found
 
     # annotations ------------------------------------------------------------------------
     def _by_keys(self, columns: str, keys: Iterable[str]) -> Iterator[sqlite3.Row]:
@@ -327,11 +399,14 @@ class Store:
         previous = self.run(name)
         if previous is None or (previous["status"] != "done" and not produced):
             return
-        sizes = {"problems", "examples"}
-        old = {k: v for k, v in previous["config"].items() if k not in sizes}
-        new = {k: v for k, v in json.loads(json.dumps(config)).items() if k not in sizes}
+        old = {k: v for k, v in previous["config"].items() if k not in UNBOUND}
+        new = {k: v for k, v in json.loads(json.dumps(config)).items() if k not in UNBOUND}
         fallback = json.loads(json.dumps(defaults or {}, default=str))
         changed = sorted(k for k in old.keys() | new.keys() if old.get(k, fallback.get(k)) != new.get(k, fallback.get(k)))
+        if "data" in changed:  # the one people most need told apart: which data was scored
+            was = f"{previous['config'].get('data_source')} ({old['data']})" if "data" in old else "other data"
+            raise CotdistillError(f"{self.path}: run {name!r} scored {was}, not {config.get('data_source')} "
+                                  f"({new.get('data')}); give this one another name")
         if changed:
             raise CotdistillError(f"{self.path}: run {name!r} exists with other settings ({', '.join(changed)}); "
                                   "give this one another name")
@@ -357,7 +432,8 @@ class Store:
 
     # predictions and metrics ------------------------------------------------------------
     def predicted(self, run: str) -> set[tuple[str, int]]:
-        return {(r[0], r[1]) for r in self.db.execute("SELECT problem_id, sample FROM predictions WHERE run = ?", (run,))}
+        """(problem key, sample) of the run's stored predictions."""
+        return {(r[0], r[1]) for r in self.db.execute("SELECT problem_key, sample FROM predictions WHERE run = ?", (run,))}
 
     def add_predictions(self, predictions: Iterable[Prediction]) -> None:
         with self.db:
@@ -373,19 +449,19 @@ class Store:
                                 "correct_flexible": bool(row["correct_flexible"])})
 
     def add_stage_costs(self, run: str, costs: Iterable[tuple[str, int, dict[str, Any]]]) -> None:
-        """(problem_id, sample, {stage: StageCost}) rows for one eval run."""
+        """(problem key, sample, {stage: StageCost}) rows for one eval run."""
         with self.db:
             self.db.executemany(
                 "INSERT OR REPLACE INTO stage_costs VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                [(run, problem_id, sample, stage, c.calls, c.prompt_tokens, c.completion_tokens, c.seconds, c.flops,
-                  c.usd) for problem_id, sample, stages in costs for stage, c in stages.items()])
+                [(run, problem_key, sample, stage, c.calls, c.prompt_tokens, c.completion_tokens, c.seconds, c.flops,
+                  c.usd) for problem_key, sample, stages in costs for stage, c in stages.items()])
 
-    def stage_costs(self, run: str, problem_ids: set[str]) -> dict[str, dict[str, float]]:
+    def stage_costs(self, run: str, problem_keys: set[str]) -> dict[str, dict[str, float]]:
         """Totals per stage over the given problems (all their samples), in stage order of first use."""
         totals: dict[str, dict[str, float]] = {}
         keys = ("calls", "prompt_tokens", "completion_tokens", "seconds", "flops", "usd")
         for row in self.db.execute("SELECT * FROM stage_costs WHERE run = ? ORDER BY rowid", (run,)):
-            if row["problem_id"] in problem_ids:
+            if row["problem_key"] in problem_keys:
                 stage = totals.setdefault(row["stage"], dict.fromkeys(keys, 0.0))
                 for key in keys:
                     stage[key] += row[key]
@@ -398,6 +474,10 @@ class Store:
 
     def metrics(self, run: str) -> dict[str, float]:
         return {r[0]: r[1] for r in self.db.execute("SELECT name, value FROM metrics WHERE run = ?", (run,))}
+
+
+def _problem_row(p: Problem) -> tuple[Any, ...]:
+    return (p.key, p.task, p.id, p.question, p.answer, p.kind, json.dumps(p.gold), p.repeat)
 
 
 def _annotation(row: sqlite3.Row) -> Annotation:

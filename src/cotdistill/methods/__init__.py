@@ -54,12 +54,10 @@ def stored_examples(store: Store, method: Method, roles: list[str], task: str | 
     if not annotations:
         where = f" for task {task}" if task else ""
         raise CotdistillError(f"{store.path}: no kept {method.name} annotations{where}; run `cotdistill annotate` first")
-    problems: dict[tuple[str, str], dict[str, Any]] = {}
+    problems = store.problems(a.problem_key for a in annotations)  # each annotation's own question, exactly
     pairs = []
     for a in annotations:
-        if (a.task, a.split) not in problems:
-            problems[(a.task, a.split)] = {p.id: p for p in store.problems(a.task, a.split)}
-        for example in method.training_examples(problems[(a.task, a.split)][a.problem_id], a.parsed, **options):
+        for example in method.training_examples(problems[a.problem_key], a.parsed, **options):
             if example.role in roles:
                 pairs.append((a, example))
     return pairs

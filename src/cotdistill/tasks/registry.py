@@ -9,6 +9,8 @@ GSM8K's structured gold reasoning, and generating the synthetic `arith` problems
 from __future__ import annotations
 
 import dataclasses
+import hashlib
+import json
 import random
 import re
 from collections.abc import Callable, Iterable
@@ -99,7 +101,7 @@ class DatasetTask:
         answer = normalize(answer, self.kind)
         problem_id = str(need(self.id_field)) if self.id_field else f"{self.name}-{index}"
         gold = self.gold_fields(record) if self.gold_fields else {}
-        return Problem(problem_id, question, answer, self.kind, gold)
+        return Problem(problem_id, question, answer, self.kind, gold, self.name)
 
     def _hub_records(self, split: str) -> Iterable[tuple[str, Record]]:
         if not self.hf_path:
@@ -133,9 +135,34 @@ class ArithTask:
         at_least("--option steps", self.steps, 1)
         at_least("--option size", self.size, 1)
         try:
-            return arith.generate(split, limit or self.size, seed=self.seed, steps=self.steps)
+            problems = arith.generate(split, limit or self.size, seed=self.seed, steps=self.steps)
         except ValueError as error:
             raise CotdistillError(str(error)) from None
+        return _unique([(p.id, dataclasses.replace(p, task=self.name)) for p in problems])
+
+
+def data_identity(task: Task, data: str | Path | None) -> tuple[str, str]:
+    """(where, what) of the problems a task reads: where, for people (the file as given, the
+    hub dataset, or the generator); what, a hash of the file's bytes and of the task's settings
+    that shape its problems (fields, answer pattern, options), so an eval can tell that it is
+    asked to score other data under its name, whatever path the same file is reached by.
+    Settings left at their defaults are left out: a setting added later changes no hash."""
+    if dataclasses.is_dataclass(task):
+        spec = {f.name: getattr(task, f.name) for f in dataclasses.fields(task)
+                if f.compare and f.name != "description" and getattr(task, f.name) != f.default}
+    else:
+        spec = {"task": task.name}
+    digest = hashlib.sha256(json.dumps(spec, sort_keys=True, default=str).encode())
+    if data is not None:
+        try:
+            with Path(data).open("rb") as handle:
+                for block in iter(lambda: handle.read(1 << 20), b""):
+                    digest.update(block)
+        except OSError as error:
+            raise CotdistillError(f"{data}: {error.strerror}") from None
+    hf_path = getattr(task, "hf_path", None)
+    where = str(data) if data is not None else f"{hf_path} (hub)" if hf_path else f"{task.name} (generated)"
+    return where, "sha256:" + digest.hexdigest()[:16]
 
 
 SLICE = re.compile(r"(\w+)\[(-?\d*):(-?\d*)\]")
@@ -153,14 +180,19 @@ def _split_slice(split: str) -> tuple[str, slice]:
 
 
 def _unique(located: list[tuple[str, Problem]]) -> list[Problem]:
-    """The problems, refusing a repeated id: the store keys everything by it, so a second
-    problem under the same id would silently take the first one's place."""
+    """The problems, refusing a repeated id (a data file whose id field says two problems are
+    one is wrong, and the user has to hear where), and numbering repeated content: a
+    dataset's duplicate rows stay two problems under two keys, as they are counted."""
     first: dict[str, str] = {}
+    seen: dict[str, int] = {}
+    problems = []
     for where, problem in located:
         if problem.id in first:
             raise CotdistillError(f"{where}: id {problem.id!r} again (first at {first[problem.id]}); ids must be unique")
         first[problem.id] = where
-    return [problem for _, problem in located]
+        repeat = seen[problem.key] = seen.get(problem.key, -1) + 1
+        problems.append(dataclasses.replace(problem, repeat=repeat) if repeat else problem)
+    return problems
 
 
 def _choices(options: Any, where: str) -> str:

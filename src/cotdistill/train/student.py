@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Sequence
+from contextlib import nullcontext
 from dataclasses import MISSING, fields
 from pathlib import Path
 from typing import Any
@@ -63,7 +64,10 @@ def train(
     settings, defaults = _recorded(args, config, student=student, method=method, task=task, split=split, roles=roles)
     roles = list(roles or the_method.train_roles)
     produced = any((output / "checkpoints").glob("checkpoint-*"))
-    with Store(run_dir) as store:
+    main = PartialState().is_main_process  # under `accelerate launch`, one process keeps the records
+    # One training of a name at a time (its other processes under `accelerate launch` are the same training).
+    held = f"train {name}", "two trainings would write one student's checkpoints: wait for it to finish, then rerun"
+    with Store(run_dir) as store, store.lease(*held) if main else nullcontext():
         store.check_settings(run_name, settings, produced, defaults)
         previous = store.run(run_name)
         if previous and previous["status"] == "done" and (output / "cotdistill.json").is_file():
@@ -74,7 +78,6 @@ def train(
         teacher = _kd_teacher(args, tokenizer) if OBJECTIVES[args.objective].teacher_model and args.kd_teacher else None
         items, logprobs, groups = _items(args, store, the_method, pairs, tokenizer, teacher)
         memory.check(model, args, _longest(items, model, tokenizer, args), paired=isinstance(items[0], dict))
-        main = PartialState().is_main_process  # under `accelerate launch`, one process keeps the records
         if main:
             store.start_run(run_name, "train", {**settings, "examples": len(items)}, produced, defaults)
         trainer = make_trainer(model, tokenizer, args, items, logprobs, teacher, groups,
@@ -111,11 +114,15 @@ def _recorded(args: TrainConfig, config: dict[str, Any], **run: Any) -> tuple[di
 def _setup_data(args: TrainConfig, store: Store, method: Method, roles: list[str], task: str | None,
                 split: str | None) -> tuple[list[Problem], list[tuple[Annotation, Any]]]:
     """The dev problems (if any) and the stored (annotation, example) pairs to train on,
-    without a dev problem among them."""
-    dev_task, dev = _dev_problems(args)
+    without a dev question among them (by its text: whichever file or split it was annotated
+    from, GSM8K's original or its Socratic copy)."""
+    dev = _dev_problems(args)
     pairs = stored_examples(store, method, roles, task, split, **({"gold_label": True} if args.gold_label else {}))
-    dev_ids = {(dev_task, args.dev_split, p.id) for p in dev}
-    return dev, [(a, e) for a, e in pairs if (a.task, a.split, a.problem_id) not in dev_ids]
+    if not dev:
+        return dev, pairs
+    questions = {p.question for p in dev}
+    problems = store.problems(a.problem_key for a, _ in pairs)
+    return dev, [(a, e) for a, e in pairs if problems[a.problem_key].question not in questions]
 
 
 def _fit(trainer: Any, args: TrainConfig, callbacks: Sequence[TrainerCallback]) -> tuple[str | None, float, float]:
@@ -205,9 +212,8 @@ def _items(args: TrainConfig, store: Store, method: Method, pairs: list[tuple[An
         items: list[Any] = [pair for pair in by_annotation.values() if len(pair) == 2]
         annotations = None
     elif args.format_list:
-        problems = {(t, p.id): p for t, split in {(a.task, a.split) for a, _ in pairs}
-                    for p in store.problems(t, split)}
-        mixed = format_examples([(problems[(a.task, a.problem_id)], e.completion) for a, e in pairs],
+        problems = store.problems(a.problem_key for a, _ in pairs)
+        mixed = format_examples([(problems[a.problem_key], e.completion) for a, e in pairs],
                                 args.format_list, args.demonstrations, args.seed)
         groups = [group for group, _ in mixed]
         items = [example for _, example in mixed]
@@ -232,15 +238,14 @@ def _longest(items: list[Any], model: Any, tokenizer: Any, args: TrainConfig) ->
                 for e in longest), default=1)
 
 
-def _dev_problems(args: TrainConfig) -> tuple[str | None, list[Problem]]:
-    """(task name, problems) of the dev set, if one is asked for."""
+def _dev_problems(args: TrainConfig) -> list[Problem]:
+    """The dev set's problems, if one is asked for."""
     if not args.dev_task:
-        return None, []
-    task = get_task(args.dev_task)
-    problems = task.load(args.dev_data, args.dev_split, args.dev_limit)
+        return []
+    problems = get_task(args.dev_task).load(args.dev_data, args.dev_split, args.dev_limit)
     if not problems:
         raise CotdistillError(f"dev task {args.dev_task} ({args.dev_split}) has no problems")
-    return task.name, problems
+    return problems
 
 
 def _dev_evaluator(problems: list[Problem], method: Method, tokenizer: Any, args: TrainConfig) -> Any:
