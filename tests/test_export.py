@@ -8,6 +8,7 @@ from datasets import load_from_disk
 from cotdistill.annotate import annotate
 from cotdistill.errors import CotdistillError
 from cotdistill.export import export
+from cotdistill.store import Store
 
 
 def test_export_formats_carry_each_students_examples(tmp_path):
@@ -26,6 +27,10 @@ def test_export_formats_carry_each_students_examples(tmp_path):
 
 
 def test_export_refuses_what_it_cannot_write(tmp_path):
+    with pytest.raises(CotdistillError, match="no run here"):  # a reading verb makes no run directory
+        export(tmp_path / "run", tmp_path / "x.jsonl")
+    assert not (tmp_path / "run").exists()
+    Store(tmp_path).close()
     with pytest.raises(CotdistillError, match="no kept cot annotations"):
         export(tmp_path, tmp_path / "x.jsonl")
     annotate(tmp_path, "arith", limit=1)

@@ -1,9 +1,12 @@
 """One SQLite file per run directory: problems, annotations, training runs, predictions, metrics.
 
-Unique keys make every step idempotent: annotation rows are keyed by a hash of what was
-asked (teacher, prompt, sampling parameters, sample index), predictions by (eval run,
-problem, sample). A step asks the store what is already done, does only the rest, and
-commits in small batches, so a crash or Ctrl-C loses at most the batch in flight.
+Problems are stored by content key (`Problem.key`: task and text), never by position, so
+files sharing a run never overwrite each other. Unique keys make every step idempotent:
+annotation rows are keyed by a hash of the problem's key and what was asked (teacher, prompt,
+sampling parameters, sample index), predictions by (eval run, problem key, sample). A step
+asks the store what is already done, does only the rest, and commits in small batches, so a
+crash or Ctrl-C loses at most the batch in flight. The schema's version is the file's
+`PRAGMA user_version`; an older store is migrated when opened, a newer one refused.
 """
 
 from __future__ import annotations
@@ -179,7 +182,7 @@ class Store:
         try:
             self.run_dir.mkdir(parents=True, exist_ok=True)
         except OSError as error:  # a file in the way, a read-only place, a name too long
-            raise CotdistillError(f"{self.run_dir}: run directory: {error.strerror}") from None
+            raise CotdistillError(f"run directory {self.run_dir}: {error.strerror}") from None
         self.db = _Connection(self.path)
         self.db.execute("PRAGMA journal_mode=WAL")
         self.db.execute("PRAGMA synchronous=NORMAL")  # WAL + NORMAL: a killed process loses no commit
