@@ -186,8 +186,8 @@ def _old_store(run: Path, data: Path) -> None:
         messages = cot.teacher_messages(p)
         text = cot.gold_rationale(p)
         prompt = "\n\n".join(f"[{m['role']}] {m['content']}" for m in messages)
-        db.execute("INSERT INTO annotations VALUES (?, ?, 'train', ?, 'cot', 'gold', 0, ?, ?, ?, ?, 1, 'ok', 0, 0, 0, 0, "
-                   "'stop', NULL)", (request_key("gold", "cot", messages, {}, 0), "gsm8k", p.id, prompt, text,
+        db.execute("INSERT INTO annotations VALUES (?, ?, 'train', ?, 'cot', 'gold', 0, ?, ?, ?, ?, 1, 'ok', "
+                   "0, 0, 0, 0, 'stop', NULL)", (request_key("gold", "cot", messages, {}, 0), "gsm8k", p.id, prompt, text,
                                      json.dumps(cot.parse(text, p).fields), p.answer))
     db.execute("INSERT INTO annotations VALUES ('stale', 'gsm8k', 'train', 'gsm8k-0', 'cot', 'gold', 1, "
                "'[user] What is 42?', 'The answer is 42.', '{}', '42', 1, 'ok', 0, 0, 0.5, 0, 'stop', NULL)")

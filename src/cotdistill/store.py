@@ -436,7 +436,8 @@ class Store:
     # predictions and metrics ------------------------------------------------------------
     def predicted(self, run: str) -> set[tuple[str, int]]:
         """(problem key, sample) of the run's stored predictions."""
-        return {(r[0], r[1]) for r in self.db.execute("SELECT problem_key, sample FROM predictions WHERE run = ?", (run,))}
+        rows = self.db.execute("SELECT problem_key, sample FROM predictions WHERE run = ?", (run,))
+        return {(r[0], r[1]) for r in rows}
 
     def add_predictions(self, predictions: Iterable[Prediction]) -> None:
         with self.db:
