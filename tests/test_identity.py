@@ -290,3 +290,24 @@ def test_reading_verbs_never_make_a_run_directory(tmp_path, verb):
     result = cli(verb[0], "-r", tmp_path / "typo" / "deep" / "run", *verb[1:])
     assert result.returncode == 2 and "no run here" in one_line(result)
     assert not (tmp_path / "typo").exists()
+
+
+def test_a_student_trained_again_under_its_name_is_not_taken_for_the_old_one(tmp_path, tiny_model):
+    """An eval's predictions came from one build of a student: one retrained under the same
+    name (its cotdistill.json rewritten) is refused under the old eval's name, while the same
+    build copied elsewhere with the run is the same model."""
+    import shutil
+
+    from cotdistill.errors import CotdistillError
+    from cotdistill.evaluate import evaluate
+
+    run = tmp_path / "run"
+    shutil.copytree(tiny_model, run / "students" / "s")
+    (run / "students" / "s" / "cotdistill.json").write_text('{"seconds": 1.0}')
+    settings = dict(model="s", task="arith", limit=1, max_new_tokens=2, name="e")
+    evaluate(run, **settings)
+    shutil.copytree(run, tmp_path / "moved")
+    assert evaluate(tmp_path / "moved", **settings)["n"] == 1  # nothing changed but the place
+    (run / "students" / "s" / "cotdistill.json").write_text('{"seconds": 2.0}')
+    with pytest.raises(CotdistillError, match=r"run 'e' exists with other settings \(model_versions\)"):
+        evaluate(run, **settings)

@@ -82,8 +82,9 @@ CREATE TABLE IF NOT EXISTS metrics (
     run TEXT NOT NULL, name TEXT NOT NULL, value REAL NOT NULL, PRIMARY KEY (run, name)
 );
 """
-# Not settings of a run: sizes may grow; where its data was read from may move (its content is `data`).
-UNBOUND = {"problems", "examples", "data_source"}
+# Not settings of a run: sizes may grow; where its data and models were read from may move with
+# the run directory (what they are is `data` and `model_versions`, by content).
+UNBOUND = {"problems", "examples", "data_source", "model_path"}
 ORPHANED = "made from a question the store no longer holds (another file's problems replaced it before schema 1)"
 
 
