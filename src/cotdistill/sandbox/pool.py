@@ -271,8 +271,8 @@ def signal_name(number: int) -> str:
 
 
 _CONTROL = re.compile(
-    r"\x1b\[[0-?]*[ -/]*[@-~]"  # ANSI CSI sequences (colours, cursor moves, erasing)
-    r"|\x1b\][^\x07\x1b]*(?:\x07|\x1b\\)?"  # OSC (window titles, hyperlinks)
+    r"(?:\x1b\[|\x9b)[0-?]*[ -/]*[@-~]"  # ANSI CSI sequences (colours, cursor moves, erasing), 7- and 8-bit
+    r"|(?:\x1b\]|\x9d)[^\x07\x1b\x9c]*(?:\x07|\x1b\\|\x9c)?"  # OSC (window titles, hyperlinks)
     r"|\x1b[PX^_][^\x1b]*(?:\x1b\\)?"  # DCS, SOS, PM, APC strings
     r"|\x1b.?"  # any other escape
     r"|[\x00-\x08\x0b-\x1f\x7f-\x9f\u200e\u200f\u202a-\u202e\u2066-\u2069]"  # C0 but tab/newline, DEL, C1, bidi
