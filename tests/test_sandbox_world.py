@@ -109,6 +109,8 @@ HOSTILE: dict[str, str] = {
     "F_SETOWN": "import fcntl, os\nfcntl.fcntl(os.open('.', os.O_RDONLY), 8, 1)\nanswer = 'ESCAPED'",
     "TIOCSTI into a terminal": "import fcntl\nfcntl.ioctl(0, 0x5412, b'x')\nanswer = 'ESCAPED'",
     # breaking the worker
+    "the names the cleanup lifts directories to": (
+        "import os\nos.makedirs('../.up1/x')\nos.makedirs('../.up2/y')\nos.makedirs('a/b/c')\nanswer = 'contained'"),
     "a deep directory tree": (
         "import os\nfd = os.open('.', os.O_RDONLY)\nfor _ in range(3000):\n    os.mkdir('d', dir_fd=fd)\n"
         "    new = os.open('d', os.O_RDONLY, dir_fd=fd)\n    os.close(fd)\n    fd = new\nanswer = 'contained'"),

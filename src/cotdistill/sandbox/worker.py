@@ -235,8 +235,11 @@ def remove_contents(root: str) -> None:
             try:
                 for entry in os.scandir(directory):
                     if entry.is_dir(follow_symlinks=False):
-                        serial += 1
-                        lifted = f".up{serial}"
+                        while True:  # a name nothing in `root` has (a program may have made `.up1`)
+                            serial += 1
+                            lifted = f".up{serial}"
+                            if not _exists(lifted, top):
+                                break
                         os.rename(entry.name, lifted, src_dir_fd=directory, dst_dir_fd=top)
                         pending.append(lifted)
                     else:
@@ -246,6 +249,14 @@ def remove_contents(root: str) -> None:
             os.rmdir(name, dir_fd=top)
     finally:
         os.close(top)
+
+
+def _exists(name: str, directory: int) -> bool:
+    try:
+        os.stat(name, dir_fd=directory, follow_symlinks=False)
+    except FileNotFoundError:
+        return False
+    return True
 
 
 def _self_test(isolation: Confinement, root: str) -> str:
