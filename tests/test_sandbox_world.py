@@ -56,7 +56,8 @@ HOSTILE: dict[str, str] = {
         LIBC + "q = libc.msgget(MSGKEY, 0)\nq2 = libc.msgget(0x7a7a7a7a, 0o1666)\n"
                "answer = 'ESCAPED' if q >= 0 or q2 >= 0 else 'contained'"),
     "SysV semaphores": LIBC + "answer = 'ESCAPED' if libc.semget(0, 1, 0o1600) >= 0 else 'contained'",
-    "POSIX message queue": LIBC + "answer = 'ESCAPED' if libc.mq_open(b'/cotdistill', 0o100 | 2, 0o600, None) >= 0 else 'contained'",
+    "POSIX message queue": (
+        LIBC + "answer = 'ESCAPED' if libc.mq_open(b'/cotdistill', 0o100 | 2, 0o600, None) >= 0 else 'contained'"),
     "the caller's process in /proc": "import os\nos.stat('/proc/CALLER')\nanswer = 'ESCAPED' if ROOT else 'contained'",
     "/root's entries": "import os\nos.stat('/root/ROOTENTRY')\nanswer = 'ESCAPED' if ROOT else 'contained'",
     "read another process's memory": (
@@ -77,8 +78,11 @@ HOSTILE: dict[str, str] = {
     "fanotify permission events": (
         LIBC + "fd = libc.fanotify_init(0x8 | 0x2, 0)\nanswer = 'ESCAPED' if fd >= 0 else 'contained'"),
     # host-wide calls
-    "read the kernel log": LIBC + "b = ctypes.create_string_buffer(4096)\nanswer = 'ESCAPED' if libc.klogctl(3, b, 4096) >= 0 else 'contained'",
-    "adjtimex": LIBC + "b = ctypes.create_string_buffer(256)\nanswer = 'ESCAPED' if libc.adjtimex(b) >= 0 else 'contained'",
+    "read the kernel log": (
+        LIBC + "b = ctypes.create_string_buffer(4096)\n"
+               "answer = 'ESCAPED' if libc.klogctl(3, b, 4096) >= 0 else 'contained'"),
+    "adjtimex": (
+        LIBC + "b = ctypes.create_string_buffer(256)\nanswer = 'ESCAPED' if libc.adjtimex(b) >= 0 else 'contained'"),
     "clock_settime": (
         "import time\ntime.clock_settime(time.CLOCK_REALTIME, time.clock_gettime(time.CLOCK_REALTIME))\n"
         "answer = 'ESCAPED'"),
@@ -118,10 +122,12 @@ HOSTILE: dict[str, str] = {
         "import os\nfor fd in range(3, 64):\n    try:\n        os.write(fd, b'[' * 60000 + b'\\n')\n"
         "    except OSError:\n        pass\nos._exit(0)"),
     "deeply nested refusal line": (
-        "import os\nfor fd in range(3, 64):\n    try:\n        os.write(fd, b'refused ' + b'{\"a\":' * 10000 + b'\\n')\n"
+        "import os\nfor fd in range(3, 64):\n    try:\n"
+        "        os.write(fd, b'refused ' + b'{\"a\":' * 10000 + b'\\n')\n"
         "    except OSError:\n        pass\nanswer = 1"),
     "NaN and huge numbers in the reply": (
-        "import os\nfor fd in range(3, 64):\n    try:\n        os.write(fd, b'{\"answer\": NaN, \"n\": ' + b'9' * 50000 + b'}\\n')\n"
+        "import os\nfor fd in range(3, 64):\n    try:\n"
+        "        os.write(fd, b'{\"answer\": NaN, \"n\": ' + b'9' * 50000 + b'}\\n')\n"
         "    except OSError:\n        pass\nos._exit(0)"),
     "garbage reply": (
         "import os\nfor fd in range(3, 64):\n    try:\n        os.write(fd, bytes(range(256)) * 10)\n"
@@ -194,7 +200,7 @@ def snapshot(world: dict) -> dict:
                            {name: os.getxattr(path, name) for name in os.listxattr(path)})
     shot["listing"] = sorted(os.listdir(world["files"][2]))
     shot["content"] = world["files"][0].read_text()
-    shot["sysv"] = {kind: sorted(line.split()[:4] for line in Path(f"/proc/sysvipc/{kind}").read_text().splitlines()[1:])
+    shot["sysv"] = {kind: sorted(line.split()[:4] for line in _lines(f"/proc/sysvipc/{kind}"))
                     for kind in ("shm", "msg", "sem")}
     shot["segment"] = ctypes.string_at(world["segment"][1], 13)
     shot["hostname"] = socket.gethostname()
@@ -203,6 +209,10 @@ def snapshot(world: dict) -> dict:
         with pytest.raises(BlockingIOError):
             listener.accept()
     return shot
+
+
+def _lines(path: str) -> list[str]:
+    return Path(path).read_text().splitlines()[1:]
 
 
 def fill(program: str, world: dict) -> str:
@@ -325,6 +335,8 @@ def test_the_audit_hook_ignores_rebound_globals():
         for name, value in saved.items():
             setattr(module, name, value)
     assert os.read(read, 100).startswith(b"refused open")
+    with pytest.raises(saved["Forbidden"]):  # no code swapped into a function
+        hook("object.__setattr__", (print, "__code__", None))
     os.close(read)
     os.close(write)
 
@@ -371,7 +383,8 @@ def test_a_worker_that_dies_is_restarted_checked_and_never_a_verdict(monkeypatch
             box.run("answer = 1")
 
 
-@pytest.mark.skipif(not ROOT or os.environ.get("COTDISTILL_WORLD_UNPRIVILEGED") == "1", reason="re-runs itself from root")
+@pytest.mark.skipif(not ROOT or os.environ.get("COTDISTILL_WORLD_UNPRIVILEGED") == "1",
+                    reason="re-runs itself from root")
 def test_the_world_as_an_unprivileged_user():
     """This file's world tests again as nobody, with an interpreter nobody may run (the
     venv's may live under /root), the venv's packages on PYTHONPATH."""

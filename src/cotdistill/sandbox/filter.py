@@ -33,8 +33,8 @@ import sys
 import types
 from typing import Any
 
-ALLOWED_IMPORTS = frozenset({"math", "cmath", "fractions", "decimal", "statistics", "itertools", "functools", "operator",
-                   "collections", "sympy"})
+ALLOWED_IMPORTS = frozenset({"math", "cmath", "fractions", "decimal", "statistics", "itertools", "functools",
+                             "operator", "collections", "sympy"})
 # The light modules are imported once here, so a child's import is a dictionary lookup. sympy
 # is not: it triples this process's memory and makes every fork 8x slower (4.3 ms vs 0.5 ms
 # measured), so the few programs that use it import it in their child, reading only files
@@ -60,12 +60,13 @@ PACKAGE_DIRS = _package_dirs()
 _PACKAGE_PREFIXES = tuple(d + os.sep for d in PACKAGE_DIRS) + PACKAGE_DIRS
 
 
-DENIED_NAMES = frozenset({"open", "eval", "exec", "compile", "__import__", "getattr", "setattr", "delattr", "globals",
-                "locals", "vars", "breakpoint", "input", "help", "memoryview", "__builtins__", "__loader__",
-                "__spec__", "attrgetter", "methodcaller"})
-DENIED_ATTRIBUTES = frozenset({"sys", "os", "ctypes", "modules", "builtins", "f_globals", "f_locals", "f_back", "f_builtins",
-                     "gi_frame", "gi_code", "cr_frame", "ag_frame", "tb_frame", "co_code", "func_globals",
-                     "attrgetter", "methodcaller", "sympify", "parse_expr", "lambdify", "marshal"})
+DENIED_NAMES = frozenset({"open", "eval", "exec", "compile", "__import__", "getattr", "setattr", "delattr",
+                          "globals", "locals", "vars", "breakpoint", "input", "help", "memoryview", "__builtins__",
+                          "__loader__", "__spec__", "attrgetter", "methodcaller"})
+DENIED_ATTRIBUTES = frozenset({"sys", "os", "ctypes", "modules", "builtins", "f_globals", "f_locals", "f_back",
+                               "f_builtins", "gi_frame", "gi_code", "cr_frame", "ag_frame", "tb_frame", "co_code",
+                               "func_globals", "attrgetter", "methodcaller", "sympify", "parse_expr", "lambdify",
+                               "marshal"})
 DENIED_EVENTS = ("open", "os.", "socket.", "subprocess.", "ctypes.", "shutil.", "pty.", "fcntl.", "mmap.",
                  "resource.", "signal.", "sys.settrace", "sys.setprofile", "sys.addaudithook",
                  "function.__new__", "code.__new__", "urllib.", "http.", "ftplib.", "smtplib.", "webbrowser.", "glob.",
@@ -104,9 +105,10 @@ def safe_builtins() -> dict[str, Any]:
 
 # Attributes that lead from any object to the interpreter's internals: run-time code (which
 # sympy and mpmath generate, using single-underscore internals and `__class__`) may not name them.
-ESCAPE_ATTRIBUTES = frozenset({"__subclasses__", "__bases__", "__base__", "__mro__", "__globals__", "__builtins__", "__self__",
-                     "__code__", "__closure__", "__dict__", "__getattribute__", "__reduce__", "__reduce_ex__",
-                     "__import__", "__loader__", "__spec__", "__func__", "__traceback__", "__getattr__"})
+ESCAPE_ATTRIBUTES = frozenset({"__subclasses__", "__bases__", "__base__", "__mro__", "__globals__",
+                               "__builtins__", "__self__", "__code__", "__closure__", "__dict__", "__getattribute__",
+                               "__reduce__", "__reduce_ex__", "__import__", "__loader__", "__spec__", "__func__",
+                               "__traceback__", "__getattr__"})
 
 
 def denied_name(tree: ast.AST, private: bool) -> str | None:

@@ -208,7 +208,8 @@ def judge(reply: bytes, status: int | None, late: bool, over: bool, limits: Limi
     worker had to kill it. Raises only SandboxUnavailable (the kernel refused the isolation)."""
     first = reply.split(b"\n", 1)[0]
     if first.startswith(b'{"unavailable"'):
-        raise SandboxUnavailable(f"the program sandbox cannot isolate programs: {clean(first.decode('utf-8', 'replace'))[:300]}")
+        why = clean(first.decode("utf-8", "replace"))[:300]
+        raise SandboxUnavailable(f"the program sandbox cannot isolate programs: {why}")
     try:
         return _judge(reply, status, late, over, limits)
     except Exception as error:  # a reply no rule foresaw is still only a bad reply
@@ -390,6 +391,6 @@ def require_sandbox(model_written: bool, accept_weak: bool = False) -> Isolation
     isolation = shared_sandbox(weak_sandbox=accept_weak or not model_written).isolation
     if model_written and isolation.missing and not accept_weak:
         raise SandboxUnavailable(f"model-written programs need the kernel sandbox, and this machine's is "
-                                 f"incomplete ({'; '.join(isolation.missing)}); pass --weak-sandbox (weak_sandbox=True) "
-                                 "to run them under the Python-level filters only")
+                                 f"incomplete ({'; '.join(isolation.missing)}); pass --weak-sandbox "
+                                 "(weak_sandbox=True) to run them under the Python-level filters only")
     return isolation
