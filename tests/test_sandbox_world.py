@@ -235,7 +235,7 @@ def test_hostile_programs_leave_the_world_as_it_was(world, python_filter, sandbo
                     innocent_errors.append(outcome)
 
     before = snapshot(world)
-    with Sandbox(1, limits, python_filter=python_filter) as box, Sandbox(1, limits) as other:
+    with Sandbox(1, limits, python_filter=python_filter) as box, Sandbox(1, Limits(seconds=30)) as other:
         assert box.isolation.missing == (), box.isolation.describe()
         assert box.isolation.user == ("65534:65534" if ROOT else f"{os.getuid()}:{os.getgid()}")
         neighbour = threading.Thread(target=second_worker, args=(other,))
@@ -363,10 +363,10 @@ def test_without_the_kernel_layers_the_pool_refuses_unless_accepted(monkeypatch)
 def test_a_worker_that_dies_is_restarted_checked_and_never_a_verdict(monkeypatch):
     """Killing the worker mid-program: the program is retried on a restarted worker; a
     worker that dies on every try raises, with nothing stored as the program's outcome."""
-    with Sandbox(1, Limits(seconds=5)) as box:
+    with Sandbox(1, Limits(seconds=30)) as box:
         killer = threading.Timer(0.3, box.workers[0].process.kill)
         killer.start()
-        assert box.run("x = 0\nfor i in range(2 * 10**7):\n    x += 1\nanswer = 7").answer == "7"
+        assert box.run("x = 0\nfor i in range(10**7):\n    x += 1\nanswer = 7").answer == "7"
         killer.join()
         assert box.run("answer = 5").answer == "5"
         from cotdistill.sandbox import pool
