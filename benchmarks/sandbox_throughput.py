@@ -26,10 +26,11 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--n", type=int, default=1000)
     parser.add_argument("--workers", type=int, default=os.cpu_count())
+    parser.add_argument("--data", type=Path, default=DATA, help="GSM8K train.jsonl (default: the shared data dir)")
     args = parser.parse_args()
     pot = get_method("pot")
     programs = []
-    for problem in get_task("gsm8k").load(DATA):
+    for problem in get_task("gsm8k").load(args.data):
         text = pot.gold_rationale(problem)
         if text:
             programs.append(extract_program(text))

@@ -87,3 +87,40 @@ def tiny_t5(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def other_tokenizer_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A tiny model whose tokenizer differs from `tiny_model`'s (300 merges, not 400)."""
     return build_tiny_model(tmp_path_factory.mktemp("other-tokenizer"), _corpus(), vocab_size=300)
+
+
+def _process_tree() -> dict[int, list[int]]:
+    children: dict[int, list[int]] = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                stat = Path(f"/proc/{entry}/stat").read_text()
+            except OSError:
+                continue
+            children.setdefault(int(stat.rsplit(")", 1)[1].split()[1]), []).append(int(entry))
+    return children
+
+
+def _confined(pid: int) -> bool:
+    try:
+        return "Seccomp:\t2" in Path(f"/proc/{pid}/status").read_text()
+    except OSError:
+        return False
+
+
+@pytest.fixture
+def sandbox_leftovers():
+    """What runs under the given sandbox workers beyond the one child each forks, idle
+    and unconfined, for its next program: the processes a program left behind."""
+    def leftovers(workers: set[int]) -> list[int]:
+        tree, found = _process_tree(), []
+        for worker in workers:
+            todo = list(tree.get(worker, []))
+            idle = [pid for pid in todo if not _confined(pid) and not tree.get(pid)][:1]
+            while todo:
+                pid = todo.pop()
+                todo += tree.get(pid, [])
+                if pid not in idle:
+                    found.append(pid)
+        return found
+    return leftovers

@@ -2,7 +2,6 @@
 the right error type, and leave the machine as it was (no files, no processes, no
 connections)."""
 
-import os
 import socket
 import tempfile
 from pathlib import Path
@@ -108,7 +107,7 @@ def test_hostile_program_is_contained_and_typed(sandbox, listener, name, program
     assert outcome.error == error, (name, outcome)
 
 
-def test_the_machine_is_as_it_was(sandbox, listener):
+def test_the_machine_is_as_it_was(sandbox, listener, sandbox_leftovers):
     """After every hostile program: no file escaped, nobody connected, no process left
     behind, and the workers' temp dirs are empty."""
     for _, program, _ in HOSTILE:
@@ -118,9 +117,10 @@ def test_the_machine_is_as_it_was(sandbox, listener):
     with pytest.raises(BlockingIOError):
         listener.accept()
     workers = {w.process.pid for w in sandbox.workers}
-    left = [pid for pid in _all_pids() if _parent(pid) in workers]
-    assert left == []
-    assert all(not any(root.iterdir()) for root in _sandbox_roots() - sandbox.roots_before)
+    assert sandbox_leftovers(workers) == []
+    for root in _sandbox_roots() - sandbox.roots_before:  # only the next program's fresh, empty work dir
+        entries = list(root.iterdir())
+        assert len(entries) <= 1 and all(not any(entry.iterdir()) for entry in entries), entries
 
 
 def test_run_many_keeps_order_and_survives_bad_programs(sandbox):
@@ -128,14 +128,3 @@ def test_run_many_keeps_order_and_survives_bad_programs(sandbox):
     outcomes = sandbox.run_many(programs)
     assert [o.answer for o in outcomes] == [None if i % 3 == 0 else str(i * 2) for i in range(12)]
     assert sandbox.run("answer = 5").answer == "5"  # the workers are still alive
-
-
-def _all_pids() -> list[int]:
-    return [int(p) for p in os.listdir("/proc") if p.isdigit()]
-
-
-def _parent(pid: int) -> int | None:
-    try:
-        return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
-    except (OSError, IndexError, ValueError):
-        return None

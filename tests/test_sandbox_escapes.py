@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from cotdistill.isolation import landlock_abi
+from cotdistill.sandbox.isolation import landlock_abi
 from cotdistill.sandbox import Limits, Sandbox, SandboxUnavailable
 from cotdistill.testing import StubServer
 
@@ -25,8 +25,10 @@ SECRET = "sk-cotdistill-test-SECRET-4711"
 # Reaches the real `os` without naming it: what the static check could not see.
 GET_OS = "import operator, collections\nsys = operator.attrgetter('_sys')(collections)\nos = sys.modules['os']\n"
 
-# name -> (program, outcome with the filter on, outcome with the kernel layers alone)
-ESCAPES: dict[str, tuple[str, str, str]] = {
+# Another user's process: refused by Landlock, or (started as root) not even there.
+HIDDEN = ("forbidden", "exception")
+# name -> (program, outcome with the filter on, outcome(s) with the kernel layers alone)
+ESCAPES: dict[str, tuple[str, str | None, str | tuple[str, ...]]] = {
     "attrgetter to sys, read a secret file": (
         GET_OS + "answer = open('SECRET_FILE').read()", "forbidden", "forbidden"),
     "attrgetter('__self__') to the real builtins": (
@@ -43,10 +45,10 @@ ESCAPES: dict[str, tuple[str, str, str]] = {
         "forbidden", "forbidden"),
     "/etc/shadow": (GET_OS + "answer = open('/etc/shadow').read()", "forbidden", "forbidden"),
     "the caller's environment (API keys)": (
-        GET_OS + "answer = open('/proc/CALLER/environ', 'rb').read().decode()", "forbidden", "forbidden"),
+        GET_OS + "answer = open('/proc/CALLER/environ', 'rb').read().decode()", "forbidden", HIDDEN),
     "the worker's environment, then its parent's": (
         GET_OS + "ppid = open(f'/proc/{os.getppid()}/stat').read().split(')')[1].split()[1]\n"
-                 "answer = open(f'/proc/{ppid}/environ', 'rb').read().decode()", "forbidden", "forbidden"),
+                 "answer = open(f'/proc/{ppid}/environ', 'rb').read().decode()", "forbidden", HIDDEN),
     "os.open with O_TRUNC is a write": (
         GET_OS + "os.open('TARGET', os.O_WRONLY | os.O_TRUNC)\nanswer = 1", "forbidden", "forbidden"),
     "create a file outside the work dir": (
@@ -89,7 +91,7 @@ ESCAPES: dict[str, tuple[str, str, str]] = {
         "try:\n    import socket\nexcept BaseException:\n    pass\nanswer = 1", "forbidden", None),
     "refusal swallowed, the record attacked": (
         "import operator\ntry:\n    open('SECRET_FILE')\nexcept BaseException:\n    pass\n"
-        "try:\n    operator.attrgetter('_sys')(operator).modules['cotdistill.sandbox_filter'].__dict__.clear()\n"
+        "try:\n    operator.attrgetter('_sys')(operator).modules['cotdistill.sandbox.filter'].__dict__.clear()\n"
         "except BaseException:\n    pass\nanswer = 1", "forbidden", None),
 }
 
@@ -153,7 +155,7 @@ def _descendants(pid: int) -> list[int]:
 
 
 @pytest.mark.parametrize("python_filter", [True, False], ids=["python-filter", "kernel-alone"])
-def test_every_escape_is_contained_and_classified(world, python_filter):
+def test_every_escape_is_contained_and_classified(world, python_filter, sandbox_leftovers):
     if landlock_abi() == 0:  # a capable kernel that fails to build a layer still fails below
         pytest.skip("this kernel has no Landlock: the kernel layers cannot be tested here")
     with Sandbox(2, Limits(seconds=3, memory_mb=256, output_bytes=10_000), python_filter=python_filter) as box:
@@ -165,14 +167,14 @@ def test_every_escape_is_contained_and_classified(world, python_filter):
                 continue
             started = time.monotonic()
             outcome = box.run(_fill(program, world, os.getpid()))
-            assert outcome.error == expected, (name, outcome)
+            assert outcome.error in (expected if isinstance(expected, tuple) else (expected,)), (name, outcome)
             assert SECRET not in (outcome.answer or "") + outcome.detail, name
             assert time.monotonic() - started < 3 + 2, name  # the deadline holds, whatever was written
         assert {w.process.pid for w in box.workers} == workers  # no worker was killed or had to be replaced
         assert box.run("answer = 6 * 7").answer == "42"
         time.sleep(1.5)  # what a detached process would have done by now
         _intact(world)
-        assert all(_descendants(pid) == [] for pid in workers)  # nothing left running under the workers
+        assert sandbox_leftovers(workers) == []  # nothing left running under the workers
 
 
 def test_answers_are_clean_text(world):
@@ -183,7 +185,7 @@ def test_answers_are_clean_text(world):
 
 
 def test_a_sandbox_that_cannot_start_says_why(monkeypatch):
-    monkeypatch.setattr("cotdistill.sandbox._BOOT", "import cotdistill_no_such_module")
+    monkeypatch.setattr("cotdistill.sandbox.pool._BOOT", "import cotdistill_no_such_module")
     with pytest.raises(SandboxUnavailable, match="did not start.*No module named 'cotdistill_no_such_module'"):
         Sandbox(1)
 
@@ -277,7 +279,7 @@ def test_weak_kernel_refuses_model_programs_unless_accepted(monkeypatch, tmp_pat
 def test_a_system_without_the_linux_calls_reports_them_missing_and_still_runs(monkeypatch):
     """Off Linux no Linux syscall number is ever sent (it would name another call there):
     Landlock shows as missing, and a child applies what is left without failing."""
-    from cotdistill import isolation
+    from cotdistill.sandbox import isolation
 
     monkeypatch.setattr(isolation, "_LINUX", False)
     assert isolation.landlock_abi() == 0
