@@ -176,6 +176,7 @@ class Store:
         self.db.execute("PRAGMA synchronous=NORMAL")  # WAL + NORMAL: a killed process loses no commit
         self.db.executescript(SCHEMA)
         self._migrate()
+        self._running: set[str] = set()  # runs this process started and has not finished
 
     def _migrate(self) -> None:
         """Columns added since a store was created (stores from older versions keep working)."""
@@ -191,8 +192,17 @@ class Store:
     def __enter__(self) -> Store:
         return self
 
-    def __exit__(self, *exc: object) -> None:
-        self.close()
+    def __exit__(self, kind: type[BaseException] | None, error: BaseException | None, *_: object) -> None:
+        """A step that fails (an error, Ctrl-C) marks the runs it started `failed`, with the
+        reason, rather than leaving them `running`; a rerun resumes them as before."""
+        try:
+            if error is not None and self._running:
+                reason = {"error": f"{type(error).__name__}: {error}"[:500]}
+                with contextlib.suppress(sqlite3.Error), self.db:
+                    self.db.executemany("UPDATE runs SET status = 'failed', result = ?, finished = ? WHERE name = ?",
+                                        [(json.dumps(reason), time.time(), name) for name in self._running])
+        finally:
+            self.close()
 
     @contextlib.contextmanager
     def lease(self, job: str, why: str) -> Iterator[None]:
@@ -314,6 +324,7 @@ class Store:
                 "ON CONFLICT (name) DO UPDATE SET config = excluded.config, status = 'running'",
                 (name, kind, json.dumps(config), time.time()),
             )
+        self._running.add(name)
 
     def check_settings(self, name: str, config: dict[str, Any], produced: bool = True,
                        defaults: dict[str, Any] | None = None) -> None:
@@ -342,6 +353,7 @@ class Store:
                 "UPDATE runs SET status = 'done', result = ?, finished = ? WHERE name = ?",
                 (json.dumps(result), time.time(), name),
             )
+        self._running.discard(name)
 
     def run(self, name: str) -> dict[str, Any] | None:
         row = self.db.execute("SELECT * FROM runs WHERE name = ?", (name,)).fetchone()

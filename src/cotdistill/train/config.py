@@ -13,7 +13,8 @@ from dataclasses import dataclass, field
 import torch
 from transformers import TrainingArguments
 
-from cotdistill.errors import at_least
+from cotdistill.config import check_types
+from cotdistill.errors import SEED_RANGE, at_least, in_range
 from cotdistill.train.fields import FORMATS, default_learning_rate, option
 from cotdistill.train.objectives import OBJECTIVES
 
@@ -74,8 +75,11 @@ class TrainConfig(TrainingArguments):
     dataloader_pin_memory: bool = torch.cuda.is_available()  # pinning is for GPU copies only
 
     def __post_init__(self) -> None:
+        """Every setting checked before any work, here, so the CLI, the Python API and recipes
+        share one check: types first (a `--set` value is YAML), then ranges."""
         if self.learning_rate is None:  # one default per mode, wherever the config is built
             self.learning_rate = default_learning_rate(self.lora)
+        check_types(self, "train")
         for name, value, allowed in (("objective", self.objective, tuple(OBJECTIVES)),
                                      ("mi_estimator", self.mi_estimator, MI_ESTIMATORS),
                                      ("model_type", self.model_type, ("auto", "causal", "seq2seq"))):
@@ -85,6 +89,20 @@ class TrainConfig(TrainingArguments):
                                    ("gradient_accumulation_steps", self.gradient_accumulation_steps, 1)):
             at_least(setting, value, low)
         at_least("learning_rate", self.learning_rate, 0, strictly=True)
+        in_range("learning_rate", self.learning_rate, 0, float("inf"), high_open=True)  # and not inf
+        for setting, value, low in (("lora_r", self.lora_r, 1), ("lora_alpha", self.lora_alpha, 1),
+                                    ("dataloader_num_workers", self.dataloader_num_workers, 0),
+                                    ("save_total_limit", self.save_total_limit, 1), ("demonstrations", self.demonstrations, 0),
+                                    ("max_grad_norm", self.max_grad_norm, 0), ("weight_decay", self.weight_decay, 0),
+                                    ("warmup_steps", self.warmup_steps, 0)):
+            at_least(setting, value, low)
+        in_range("lora_dropout", self.lora_dropout, 0, 1, high_open=True)
+        for setting, value in (("seed", self.seed), ("data_seed", self.data_seed)):
+            in_range(setting, value, *SEED_RANGE)
+        for setting, value in (("alpha", self.alpha), ("kd_weight", self.kd_weight)):
+            in_range(setting, value, 0, 1)
+        for setting, value in (("beta", self.beta), ("num_train_epochs", self.num_train_epochs)):
+            in_range(setting, value, 0, float("inf"), high_open=True)
         if self.num_train_epochs <= 0 and self.max_steps <= 0:
             raise ValueError("epochs must be > 0 (or max_steps set): a student trained for no step is not trained")
         unknown = set(self.format_list) - set(FORMATS)
