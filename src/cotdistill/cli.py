@@ -358,14 +358,14 @@ def tasks() -> None:
     console.print(table)
 
 
+_STATE: dict[str, Any] = {"debug": False}
+
+
 @app.callback()
 def _options(debug: Annotated[bool, typer.Option("--debug", help="On an error, print the full traceback too "
                                                                   "(it is always written to RUN_DIR/logs/errors.log).")] = False) -> None:
     """Options for every verb, given before it: `cotdistill --debug train ...`."""
     _STATE["debug"] = debug
-
-
-_STATE: dict[str, Any] = {"debug": False}
 
 
 def _argument(args: list[str], *flags: str) -> str | None:
@@ -379,9 +379,10 @@ def _argument(args: list[str], *flags: str) -> str | None:
     return None
 
 
-def _log_error(error: BaseException) -> Path | None:
-    """The traceback, appended to the run directory's logs/errors.log (a temporary file when the
-    command named no run directory that exists); None if it cannot be written (a full disk)."""
+def _log_error(error: BaseException, anywhere: bool = False) -> Path | None:
+    """The traceback, appended to the run directory's logs/errors.log; where the command named no
+    run directory that exists, to a temporary file if `anywhere`, else nowhere. None if it is not
+    written (a full disk, say)."""
     import tempfile
     import time
     import traceback
@@ -390,6 +391,8 @@ def _log_error(error: BaseException) -> Path | None:
     run_dir = Path(_argument(args, "--run-dir", "-r") or "runs/default")
     path = run_dir / "logs" / "errors.log" if run_dir.is_dir() else \
         Path(tempfile.gettempdir()) / f"cotdistill-error-{time.strftime('%Y%m%d-%H%M%S')}.log"
+    if not run_dir.is_dir() and not anywhere:
+        return None
     try:
         path.parent.mkdir(exist_ok=True)
         with path.open("a") as log:
@@ -414,6 +417,15 @@ def _where() -> str:
     return step + (f" ({', '.join(inputs)})" if inputs else "")
 
 
+def _say(line: str) -> None:
+    """The error line on stderr, on a line of its own: progress bars left open by the failure
+    (the Trainer's, say) are closed first, as their last line has no newline."""
+    tqdm = sys.modules.get("tqdm")
+    for bar in list(getattr(getattr(tqdm, "tqdm", None), "_instances", None) or []):
+        bar.close()
+    print(line, file=sys.stderr)
+
+
 def main() -> None:
     """Entry point: errors become one line on stderr, never a traceback: exit code 2 for bad
     input, 1 for an environment that cannot do the job (a sandbox that cannot run, say), and
@@ -423,19 +435,19 @@ def main() -> None:
         app()  # typer reports its own usage errors (exit 2) and turns Ctrl-C into "Aborted!"
     except CotdistillError as error:
         _log_error(error)
-        print(f"error: {error}", file=sys.stderr)
+        _say(f"error: {error}")
         sys.exit(error.exit_code)
     except (OSError, sqlite3.DatabaseError) as error:  # the machine mid-run: disk full, a file gone or locked
         _log_error(error)
-        print(f"error: {error}", file=sys.stderr)
+        _say(f"error: {error}")
         sys.exit(1)
     except Exception as error:  # the last handler: a fault we did not foresee, still one line
-        log = _log_error(error)
+        log = _log_error(error, anywhere=True)
         if _STATE["debug"]:
             import traceback
 
             traceback.print_exception(error)
         message = " ".join(str(error).split())[:300] or "(no message)"
         where = f"; traceback in {log}" if log else ""
-        print(f"error: {_where()}: unexpected {type(error).__name__}: {message}{where}", file=sys.stderr)
+        _say(f"error: {_where()}: unexpected {type(error).__name__}: {message}{where}")
         sys.exit(1)

@@ -340,7 +340,8 @@ class OpenAITeacher:
             prompt_tokens, completion_tokens = (_count(usage, "prompt_tokens"), _count(usage, "completion_tokens"))
             logprobs = None
             if self.config.top_logprobs and (choice.get("logprobs") or {}).get("content"):
-                logprobs = [[t["token"], t["logprob"], [[top["token"], top["logprob"]] for top in t.get("top_logprobs") or []]]
+                logprobs = [[t["token"], _logprob(t["logprob"]),
+                             [[top["token"], _logprob(top["logprob"])] for top in t.get("top_logprobs") or []]]
                             for t in choice["logprobs"]["content"]]
         except (TypeError, KeyError, IndexError, AttributeError) as error:
             raise MalformedReply(repr(error)) from None
@@ -357,6 +358,14 @@ def _count(usage: dict[str, Any], key: str) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or value < 0:
         raise MalformedReply(f"usage.{key} is {value!r}, not a token count")
     return value
+
+
+def _logprob(value: Any) -> float:
+    """A log-probability: a number <= 0 (a rounding error's worth above is let through); NaN
+    or text would train a kd student to `done` on nothing."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not value <= 1e-3:
+        raise MalformedReply(f"log-prob {value!r} is not a number <= 0")
+    return float(value)
 
 
 def _content(content: Any) -> str:
