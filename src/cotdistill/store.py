@@ -193,14 +193,14 @@ class Store:
         return self
 
     def __exit__(self, kind: type[BaseException] | None, error: BaseException | None, *_: object) -> None:
-        """A step that fails (an error, Ctrl-C) marks the runs it started `failed`, with the
-        reason, rather than leaving them `running`; a rerun resumes them as before."""
+        """A step that fails (an error, Ctrl-C) marks the runs it started `failed` rather than
+        leaving them `running`; their result stays empty (a failure is no result: the reason is
+        the CLI's line and RUN_DIR/logs/errors.log), and a rerun resumes them as before."""
         try:
             if error is not None and self._running:
-                reason = {"error": f"{type(error).__name__}: {error}"[:500]}
                 with contextlib.suppress(sqlite3.Error), self.db:
-                    self.db.executemany("UPDATE runs SET status = 'failed', result = ?, finished = ? WHERE name = ?",
-                                        [(json.dumps(reason), time.time(), name) for name in self._running])
+                    self.db.executemany("UPDATE runs SET status = 'failed', finished = ? WHERE name = ?",
+                                        [(time.time(), name) for name in self._running])
         finally:
             self.close()
 

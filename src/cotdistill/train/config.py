@@ -61,14 +61,14 @@ class TrainConfig(TrainingArguments):
     num_train_epochs: float = 2.0
     lr_scheduler_type: str = "cosine"
     warmup_steps: float = 0.1  # a float below 1 is a share of all steps
-    logging_steps: int = 10
+    logging_steps: float = 10  # a float below 1 is a share of all steps, as in TrainingArguments
     logging_first_step: bool = True  # so even a run shorter than logging_steps reports a first and a last loss
     save_strategy: str = "steps"
-    save_steps: int = 50
-    save_total_limit: int = 2
+    save_steps: float = 50
+    save_total_limit: int | None = 2
     train_sampling_strategy: str = "group_by_length"  # batches of similar length waste little compute on padding
     remove_unused_columns: bool = False
-    report_to: str | list[str] = "tensorboard"
+    report_to: str | list[str] | None = "tensorboard"
     bf16: bool = field(default_factory=_bf16_available)  # bf16 on GPUs that have it; fp32 on CPU (bf16 is ~80x slower)
     seed: int = 0
     disable_tqdm: bool = False
