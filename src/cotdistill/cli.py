@@ -359,11 +359,12 @@ def tasks() -> None:
 
 
 _STATE: dict[str, Any] = {"debug": False}
+Debug = Annotated[bool, typer.Option("--debug", help="On an error, print the full traceback too (it is always "
+                                                     "written to RUN_DIR/logs/errors.log).")]
 
 
 @app.callback()
-def _options(debug: Annotated[bool, typer.Option("--debug", help="On an error, print the full traceback too "
-                                                                  "(it is always written to RUN_DIR/logs/errors.log).")] = False) -> None:
+def _options(debug: Debug = False) -> None:
     """Options for every verb, given before it: `cotdistill --debug train ...`."""
     _STATE["debug"] = debug
 

@@ -112,7 +112,8 @@ def _variables(path: Path, recipe: dict[str, Any], scale: str | None, settings: 
     return resolved
 
 
-def _sizes(path: Path, recipe: dict[str, Any], chain: tuple[Path, ...] = ()) -> tuple[dict[str, Any], dict[str, dict[str, Any]]]:
+def _sizes(path: Path, recipe: dict[str, Any],
+           chain: tuple[Path, ...] = ()) -> tuple[dict[str, Any], dict[str, dict[str, Any]]]:
     """A recipe's `variables` and `scales`, over those of the recipes it `include`s (a
     bundled name or a path beside it), so sets shared by several recipes are written once.
     `chain`: the recipes including this one, so one that includes itself is named, not recursed."""

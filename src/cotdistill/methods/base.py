@@ -174,8 +174,8 @@ def check_answer(text: str, problem: Problem, fields: dict[str, Any]) -> Parsed:
     answer = extract_strict(text, problem.kind)
     if answer is None:
         return Parsed(None, fields, False, "no final answer statement")
-    if problem.kind == "number" and out_of_bounds(answer):
-        return Parsed(None, fields, False, f"answer out of bounds: {out_of_bounds(answer)}")
+    if problem.kind == "number" and (why := out_of_bounds(answer)):
+        return Parsed(None, fields, False, f"answer out of bounds: {why}")
     if not is_correct(answer, problem.answer, problem.kind):
         return Parsed(answer, fields, False, "wrong answer")
     return Parsed(normalize(answer, problem.kind), fields, True, "ok")

@@ -90,8 +90,8 @@ def check_programs(programs: Sequence[str | None], problems: Sequence[Problem],
             results.append(Parsed(None, fields[i], False, "no program"))
         elif not outcome.ok:
             results.append(Parsed(None, fields[i], False, f"program {outcome.error}"))
-        elif problem.kind == "number" and out_of_bounds(outcome.answer or ""):
-            results.append(Parsed(None, fields[i], False, f"answer out of bounds: {out_of_bounds(outcome.answer or '')}"))
+        elif problem.kind == "number" and (why := out_of_bounds(outcome.answer or "")):
+            results.append(Parsed(None, fields[i], False, f"answer out of bounds: {why}"))
         elif not is_correct(outcome.answer or "", problem.answer, problem.kind):
             results.append(Parsed(outcome.answer, fields[i], False, "wrong answer"))
         else:

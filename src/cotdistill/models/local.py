@@ -98,7 +98,7 @@ def _load(path: str, device: str | None, dtype: torch.dtype | None) -> tuple[Any
     if adapter_config.is_file():
         from peft import PeftModel
 
-        if not (Path(path) / "adapter_model.safetensors").is_file() and not (Path(path) / "adapter_model.bin").is_file():
+        if not any((Path(path) / f"adapter_model.{kind}").is_file() for kind in ("safetensors", "bin")):
             raise FileNotFoundError(f"{path}: adapter_config.json without adapter_model.safetensors")
         base = resolve_model(json.loads(adapter_config.read_text())["base_model_name_or_path"])
         model = _model_class(base).from_pretrained(base, dtype=dtype)

@@ -92,7 +92,8 @@ class TrainConfig(TrainingArguments):
         in_range("learning_rate", self.learning_rate, 0, float("inf"), high_open=True)  # and not inf
         for setting, value, low in (("lora_r", self.lora_r, 1), ("lora_alpha", self.lora_alpha, 1),
                                     ("dataloader_num_workers", self.dataloader_num_workers, 0),
-                                    ("save_total_limit", self.save_total_limit, 1), ("demonstrations", self.demonstrations, 0),
+                                    ("save_total_limit", self.save_total_limit, 1),
+                                    ("demonstrations", self.demonstrations, 0),
                                     ("max_grad_norm", self.max_grad_norm, 0), ("weight_decay", self.weight_decay, 0),
                                     ("warmup_steps", self.warmup_steps, 0)):
             at_least(setting, value, low)
