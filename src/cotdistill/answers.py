@@ -23,10 +23,34 @@ _YESNO_RE = re.compile(r"\b(yes|no|true|false)\b", re.IGNORECASE)
 _CHOICE_RE = re.compile(r"\(?\b([A-E])\b\)?")
 
 
+# Bounds on a number read from model output or a dataset: Fraction("1e999999999") builds a
+# billion-digit integer (it hangs the caller, outside the sandbox's limits), and str() of an
+# int past 4300 digits raises. No answer to a word problem is near these.
+MAX_NUMBER_CHARS = 100
+MAX_EXPONENT = 100
+_EXPONENT = re.compile(r"e([+-]?\d+)$", re.IGNORECASE)
+
+
+def _cleaned(text: str) -> str:
+    return text.strip().replace(",", "").replace("$", "").replace(" ", "").rstrip(".%")
+
+
+def out_of_bounds(text: str) -> str | None:
+    """Why a number as written is too large to read (the rejected answer's reason), else None."""
+    cleaned = _cleaned(text)
+    if len(cleaned) > MAX_NUMBER_CHARS:
+        return f"a number of {len(cleaned)} characters (at most {MAX_NUMBER_CHARS} are read)"
+    exponent = _EXPONENT.search(cleaned)
+    if exponent and abs(int(exponent.group(1))) > MAX_EXPONENT:
+        return f"a number with exponent {exponent.group(1)} (at most {MAX_EXPONENT} either way)"
+    return None
+
+
 def parse_number(text: str) -> Fraction | None:
-    """Read a number written the way people and models write them: 1,234 / $5 / 7.0 / -3 / 50%."""
-    cleaned = text.strip().replace(",", "").replace("$", "").replace(" ", "").rstrip(".%")
-    if not cleaned:
+    """Read a number written the way people and models write them: 1,234 / $5 / 7.0 / -3 / 50%.
+    None for anything else, including a number past the bounds above."""
+    cleaned = _cleaned(text)
+    if not cleaned or out_of_bounds(cleaned):
         return None
     try:
         return Fraction(cleaned)

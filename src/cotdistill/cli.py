@@ -358,14 +358,97 @@ def tasks() -> None:
     console.print(table)
 
 
+_STATE: dict[str, Any] = {"debug": False}
+Debug = Annotated[bool, typer.Option("--debug", help="On an error, print the full traceback too (it is always "
+                                                     "written to RUN_DIR/logs/errors.log).")]
+
+
+@app.callback()
+def _options(debug: Debug = False) -> None:
+    """Options for every verb, given before it: `cotdistill --debug train ...`."""
+    _STATE["debug"] = debug
+
+
+def _argument(args: list[str], *flags: str) -> str | None:
+    """A flag's value on the command line as given (`--run-dir X` or `--run-dir=X`)."""
+    for i, arg in enumerate(args):
+        for flag in flags:
+            if arg == flag and i + 1 < len(args):
+                return args[i + 1]
+            if arg.startswith(flag + "="):
+                return arg[len(flag) + 1:]
+    return None
+
+
+def _log_error(error: BaseException, anywhere: bool = False) -> Path | None:
+    """The traceback, appended to the run directory's logs/errors.log; where the command named no
+    run directory that exists, to a temporary file if `anywhere`, else nowhere. None if it is not
+    written (a full disk, say)."""
+    import tempfile
+    import time
+    import traceback
+
+    args = sys.argv[1:]
+    run_dir = Path(_argument(args, "--run-dir", "-r") or "runs/default")
+    path = run_dir / "logs" / "errors.log" if run_dir.is_dir() else \
+        Path(tempfile.gettempdir()) / f"cotdistill-error-{time.strftime('%Y%m%d-%H%M%S')}.log"
+    if not run_dir.is_dir() and not anywhere:
+        return None
+    try:
+        path.parent.mkdir(exist_ok=True)
+        with path.open("a") as log:
+            log.write(f"--- {time.strftime('%Y-%m-%d %H:%M:%S')} cotdistill {' '.join(args)}\n")
+            log.write("".join(traceback.format_exception(error)))
+    except OSError:
+        return None
+    return path
+
+
+def _where() -> str:
+    """The step and its input, as the command line named them, for the last handler's line."""
+    from typer.main import get_command
+
+    args = sys.argv[1:]
+    commands = get_command(app).commands  # type: ignore[attr-defined]
+    step = next((arg for arg in args if arg in commands), "cotdistill")
+    inputs = [f"{name} {value}" for name, flags in (("run", ("--run-dir", "-r")), ("data", ("--data", "-d")))
+              if (value := _argument(args, *flags))]
+    if step == "run" and args[args.index("run") + 1:]:
+        inputs.insert(0, f"recipe {args[args.index('run') + 1]}")
+    return step + (f" ({', '.join(inputs)})" if inputs else "")
+
+
+def _say(line: str) -> None:
+    """The error line on stderr, on a line of its own: progress bars left open by the failure
+    (the Trainer's, say) are closed first, as their last line has no newline."""
+    tqdm = sys.modules.get("tqdm")
+    for bar in list(getattr(getattr(tqdm, "tqdm", None), "_instances", None) or []):
+        bar.close()
+    print(line, file=sys.stderr)
+
+
 def main() -> None:
     """Entry point: errors become one line on stderr, never a traceback: exit code 2 for bad
-    input, 1 for an environment that cannot do the job (a sandbox that cannot run, say)."""
+    input, 1 for an environment that cannot do the job (a sandbox that cannot run, say), and
+    1 for anything unexpected, whose line names the step, its input and where the traceback
+    was written (`--debug` prints it as well)."""
     try:
         app()  # typer reports its own usage errors (exit 2) and turns Ctrl-C into "Aborted!"
     except CotdistillError as error:
-        print(f"error: {error}", file=sys.stderr)
+        _log_error(error)
+        _say(f"error: {error}")
         sys.exit(error.exit_code)
     except (OSError, sqlite3.DatabaseError) as error:  # the machine mid-run: disk full, a file gone or locked
-        print(f"error: {error}", file=sys.stderr)
+        _log_error(error)
+        _say(f"error: {error}")
+        sys.exit(1)
+    except Exception as error:  # the last handler: a fault we did not foresee, still one line
+        log = _log_error(error, anywhere=True)
+        if _STATE["debug"]:
+            import traceback
+
+            traceback.print_exception(error)
+        message = " ".join(str(error).split())[:300] or "(no message)"
+        where = f"; traceback in {log}" if log else ""
+        _say(f"error: {_where()}: unexpected {type(error).__name__}: {message}{where}")
         sys.exit(1)

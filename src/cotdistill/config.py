@@ -9,6 +9,9 @@ A setting is declared here once; tests/test_config.py checks that every CLI opti
 from __future__ import annotations
 
 import dataclasses
+import enum
+import types
+import typing
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
@@ -54,6 +57,49 @@ def configure(cls: type[C], verb: str, base: C | str | None, settings: dict[str,
         raise CotdistillError(f"{verb}: {error}") from None
 
 
+def _fits(value: Any, hint: Any) -> bool:
+    """Whether `value` is of the declared type `hint`, as far as a setting's value can be told
+    at a glance: the outer type of a list or dict, an int for a float, a name for an enum (the
+    library converts it); a hint it cannot read lets the value pass to the library's own check."""
+    origin = typing.get_origin(hint)
+    if hint is Any:
+        return True
+    if origin in (typing.Union, types.UnionType):
+        return any(_fits(value, arg) for arg in typing.get_args(hint))
+    if origin is typing.Literal:
+        return value in typing.get_args(hint)
+    if hint is type(None):
+        return value is None
+    kind = origin if isinstance(origin, type) else hint
+    if not isinstance(kind, type):
+        return True
+    if issubclass(kind, enum.Enum):
+        return isinstance(value, (kind, str))
+    if kind is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if kind is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    if kind is Path:
+        return isinstance(value, (str, Path))
+    return isinstance(value, kind)
+
+
+def check_types(config: Any, verb: str) -> None:
+    """Refuse a setting whose value is not of its field's declared type, in one line naming it
+    (`--set max_steps=abc` is not a number of steps), before any work: dataclasses do not check
+    types, and a wrong one otherwise fails deep inside a library, or not at all. Fields still at
+    their default are the library's own and pass."""
+    hints = typing.get_type_hints(type(config))
+    for field in dataclasses.fields(config):
+        value = getattr(config, field.name)
+        if field.default is not dataclasses.MISSING and value is field.default:
+            continue
+        hint = hints.get(field.name, Any)
+        if not _fits(value, hint):
+            wanted = getattr(hint, "__name__", None) or str(hint).replace("typing.", "")
+            raise CotdistillError(f"{verb}: {field.name} must be {wanted}, not {value!r}")
+
+
 @dataclass(frozen=True)
 class _Generation:
     """The settings every verb that reads a task and generates shares."""
@@ -78,7 +124,9 @@ class _Generation:
                                         "(Landlock, seccomp) is incomplete, under the Python-level filters only")
 
     def __post_init__(self) -> None:
-        check_generation_options(self.samples, self.max_new_tokens, self.batch_size, self.limit, self.temperature)
+        check_types(self, type(self).__name__.removesuffix("Config").lower())
+        check_generation_options(self.samples, self.max_new_tokens, self.batch_size, self.limit, self.temperature,
+                                 self.seed)
 
 
 @dataclass(frozen=True)

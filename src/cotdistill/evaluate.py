@@ -57,6 +57,8 @@ def evaluate(run_dir: str | Path, config: EvalConfig | str | None = None, **sett
     if the_method.runs_programs:  # a sandbox that cannot run stops here, before the run is registered
         require_sandbox(model_written=True, accept_weak=c.weak_sandbox)
     problems = the_task.load(c.data, c.split, c.limit)
+    if not problems:  # an accuracy over nothing is no result
+        raise CotdistillError(f"eval: task {the_task.name} has no problems in {c.data or f'split {c.split}'}")
     source, data = data_identity(the_task, c.data)
     paths = {stage: model_in_run(run_dir, name) for stage, name in c.stages.items()}
     label = c.model if c.stages == {"model": c.model} else ",".join(f"{k}={v}" for k, v in c.stages.items())

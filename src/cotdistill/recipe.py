@@ -112,16 +112,22 @@ def _variables(path: Path, recipe: dict[str, Any], scale: str | None, settings: 
     return resolved
 
 
-def _sizes(path: Path, recipe: dict[str, Any]) -> tuple[dict[str, Any], dict[str, dict[str, Any]]]:
+def _sizes(path: Path, recipe: dict[str, Any],
+           chain: tuple[Path, ...] = ()) -> tuple[dict[str, Any], dict[str, dict[str, Any]]]:
     """A recipe's `variables` and `scales`, over those of the recipes it `include`s (a
-    bundled name or a path beside it), so sets shared by several recipes are written once."""
+    bundled name or a path beside it), so sets shared by several recipes are written once.
+    `chain`: the recipes including this one, so one that includes itself is named, not recursed."""
     base: dict[str, Any] = {}
     scales: dict[str, dict[str, Any]] = {}
+    chain = (*chain, path.resolve())
     for name in recipe.get("include") or []:
         included = path.parent / f"{name}.yaml"
         if not included.is_file():
             raise CotdistillError(f"{path}: include {name!r}: no file {included}")
-        inner_base, inner_scales = _sizes(included, read_yaml(included))
+        if included.resolve() in chain:
+            cycle = " -> ".join(p.stem for p in (*chain, included.resolve()))
+            raise CotdistillError(f"{path}: include {name!r} includes itself ({cycle})")
+        inner_base, inner_scales = _sizes(included, read_yaml(included), chain)
         base.update(inner_base)
         for scale, values in inner_scales.items():
             scales.setdefault(scale, {}).update(values)

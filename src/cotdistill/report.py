@@ -6,8 +6,12 @@ import csv
 from pathlib import Path
 from typing import Any
 
+from cotdistill.errors import CotdistillError
 from cotdistill.store import Store
 
+EVAL_KEYS = ("n", "correct_strict", "accuracy_strict", "ci95_low", "ci95_high", "accuracy_flexible", "no_answer_strict",
+             "prompt_tokens_per_problem", "completion_tokens_per_problem", "seconds_per_problem")
+TRAIN_KEYS = ("method", "examples", "lora", "steps", "first_logged_loss", "last_logged_loss", "seconds")
 COLUMNS = ["run", "pipeline", "model", "task", "split", "n", "correct", "strict %", "95% CI", "flexible %",
            "no answer", "calls/problem", "tokens/problem", "GFLOPs/problem", "$/problem", "s/problem"]
 
@@ -17,7 +21,7 @@ def eval_rows(store: Store) -> list[dict[str, Any]]:
     for run in store.runs("eval"):
         if run["status"] != "done":
             continue
-        m, c = run["result"], run["config"]
+        m, c = _checked(store, run, EVAL_KEYS, ("model", "task", "split"))
         rows.append({
             "run": run["name"], "model": c["model"], "task": c["task"], "split": c["split"], "n": int(m["n"]),
             "correct": int(m["correct_strict"]), "strict %": round(100 * m["accuracy_strict"], 1),
@@ -41,7 +45,7 @@ def report(run_dir: str | Path) -> str:
     run_dir = Path(run_dir)
     store = Store(run_dir, create=False)  # a report reads: a mistyped --run-dir is an error, not a new run
     rows = eval_rows(store)
-    trainings = [r for r in store.runs("train") if r["status"] == "done"]
+    trainings = [r for r in store.runs("train") if r["status"] == "done" and _checked(store, r, TRAIN_KEYS, ())]
     store.close()
     with (run_dir / "report.csv").open("w", newline="") as handle:
         writer = csv.DictWriter(handle, COLUMNS, extrasaction="ignore")
@@ -63,6 +67,18 @@ def report(run_dir: str | Path) -> str:
     if rows:
         _plot(rows, run_dir / "report.png")
     return markdown
+
+
+def _checked(store: Store, run: dict[str, Any], result_keys: tuple[str, ...],
+             config_keys: tuple[str, ...]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """A done run's result and config, refused in one line naming the run if a key the report
+    reads is missing (a store edited, or written by another program)."""
+    m, c = run["result"], run["config"]
+    missing = [k for k in result_keys if k not in m] + [f"config.{k}" for k in config_keys if k not in c]
+    if missing:
+        raise CotdistillError(f"{store.path}: run {run['name']!r} is done but its record lacks {', '.join(missing)}: "
+                              "run that step again under another name, or remove the run's row")
+    return m, c
 
 
 def _arm(run: str, task: str, split: str) -> str:

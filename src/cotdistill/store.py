@@ -188,6 +188,7 @@ class Store:
         self.db.execute("PRAGMA journal_mode=WAL")
         self.db.execute("PRAGMA synchronous=NORMAL")  # WAL + NORMAL: a killed process loses no commit
         self._open_schema()
+        self._running: set[str] = set()  # runs this process started and has not finished
 
     def _open_schema(self) -> None:
         """Create the tables, or bring a store of an older schema to this one in place (one
@@ -260,8 +261,17 @@ class Store:
     def __enter__(self) -> Store:
         return self
 
-    def __exit__(self, *exc: object) -> None:
-        self.close()
+    def __exit__(self, kind: type[BaseException] | None, error: BaseException | None, *_: object) -> None:
+        """A step that fails (an error, Ctrl-C) marks the runs it started `failed` rather than
+        leaving them `running`; their result stays empty (a failure is no result: the reason is
+        the CLI's line and RUN_DIR/logs/errors.log), and a rerun resumes them as before."""
+        try:
+            if error is not None and self._running:
+                with contextlib.suppress(sqlite3.Error), self.db:
+                    self.db.executemany("UPDATE runs SET status = 'failed', finished = ? WHERE name = ?",
+                                        [(time.time(), name) for name in self._running])
+        finally:
+            self.close()
 
     @contextlib.contextmanager
     def lease(self, job: str, why: str) -> Iterator[None]:
@@ -390,6 +400,7 @@ class Store:
                 "ON CONFLICT (name) DO UPDATE SET config = excluded.config, status = 'running'",
                 (name, kind, json.dumps(config), time.time()),
             )
+        self._running.add(name)
 
     def check_settings(self, name: str, config: dict[str, Any], produced: bool = True,
                        defaults: dict[str, Any] | None = None) -> None:
@@ -421,6 +432,7 @@ class Store:
                 "UPDATE runs SET status = 'done', result = ?, finished = ? WHERE name = ?",
                 (json.dumps(result), time.time(), name),
             )
+        self._running.discard(name)
 
     def run(self, name: str) -> dict[str, Any] | None:
         row = self.db.execute("SELECT * FROM runs WHERE name = ?", (name,)).fetchone()

@@ -15,7 +15,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from cotdistill.answers import extract_strict, is_correct, normalize
+from cotdistill.answers import extract_strict, is_correct, normalize, out_of_bounds
 from cotdistill.errors import CotdistillError
 from cotdistill.models.contract import Backend, Completion, Messages
 from cotdistill.pipeline import Settings, Trace, call_stage
@@ -174,6 +174,8 @@ def check_answer(text: str, problem: Problem, fields: dict[str, Any]) -> Parsed:
     answer = extract_strict(text, problem.kind)
     if answer is None:
         return Parsed(None, fields, False, "no final answer statement")
+    if problem.kind == "number" and (why := out_of_bounds(answer)):
+        return Parsed(None, fields, False, f"answer out of bounds: {why}")
     if not is_correct(answer, problem.answer, problem.kind):
         return Parsed(answer, fields, False, "wrong answer")
     return Parsed(normalize(answer, problem.kind), fields, True, "ok")

@@ -14,7 +14,7 @@ from collections.abc import Sequence
 from fractions import Fraction
 from typing import Any
 
-from cotdistill.answers import is_correct, normalize, parse_number
+from cotdistill.answers import is_correct, normalize, out_of_bounds, parse_number
 from cotdistill.methods.base import DEMO_QUESTIONS, Example, Method, Parsed, Prompts
 from cotdistill.sandbox import shared_sandbox
 from cotdistill.tasks import Problem
@@ -60,7 +60,9 @@ def program_from_calculations(calculations: list[list[str]], answer: str | None 
         expression = re.sub(r"(\d+(?:\.\d+)?)%", r"(\1/100)", expression)
 
         def name_of(match: re.Match[str]) -> str:
-            number = Fraction(match.group(0))
+            number = parse_number(match.group(0))
+            if number is None:
+                return match.group(0)
             return next((name for result, name in reversed(results) if result == number), match.group(0))
 
         lines.append(f"step{index} = {_LITERAL.sub(name_of, expression)}")
@@ -88,6 +90,8 @@ def check_programs(programs: Sequence[str | None], problems: Sequence[Problem],
             results.append(Parsed(None, fields[i], False, "no program"))
         elif not outcome.ok:
             results.append(Parsed(None, fields[i], False, f"program {outcome.error}"))
+        elif problem.kind == "number" and (why := out_of_bounds(outcome.answer or "")):
+            results.append(Parsed(None, fields[i], False, f"answer out of bounds: {why}"))
         elif not is_correct(outcome.answer or "", problem.answer, problem.kind):
             results.append(Parsed(outcome.answer, fields[i], False, "wrong answer"))
         else:

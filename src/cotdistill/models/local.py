@@ -74,16 +74,32 @@ def _model_class(path: str) -> Any:
 
 
 def load_model(name: str, device: str | None = None, dtype: torch.dtype | None = None) -> tuple[Any, Any]:
-    """(model, tokenizer). A LoRA checkpoint loads onto its base model, merged for fast inference."""
+    """(model, tokenizer). A LoRA checkpoint loads onto its base model, merged for fast inference.
+    Files that do not load (cut short, random bytes, an unknown model_type, an adapter gone)
+    are one line naming the model, whatever the library raised."""
+    path = resolve_model(name)
+    try:
+        return _load(path, device, dtype)
+    except CotdistillError:
+        raise
+    except Exception as error:  # SafetensorError, OSError, ValueError (HFValidationError), KeyError, ...
+        hint = "; `cotdistill train` with its settings rebuilds a student" if "students" in Path(path).parts else ""
+        message = " ".join(str(error).split())[:200]
+        label = path if name == path else f"{name} ({path})"
+        raise CotdistillError(f"model {label} does not load ({type(error).__name__}: {message}){hint}") from None
+
+
+def _load(path: str, device: str | None, dtype: torch.dtype | None) -> tuple[Any, Any]:
     from transformers import AutoTokenizer
 
-    path = resolve_model(name)
     device = device or default_device()
     dtype = dtype or default_dtype(device)
     adapter_config = Path(path) / "adapter_config.json"
     if adapter_config.is_file():
         from peft import PeftModel
 
+        if not any((Path(path) / f"adapter_model.{kind}").is_file() for kind in ("safetensors", "bin")):
+            raise FileNotFoundError(f"{path}: adapter_config.json without adapter_model.safetensors")
         base = resolve_model(json.loads(adapter_config.read_text())["base_model_name_or_path"])
         model = _model_class(base).from_pretrained(base, dtype=dtype)
         model = PeftModel.from_pretrained(model, path).merge_and_unload()
@@ -143,6 +159,34 @@ def encode_prompt(tokenizer: Any, messages: Messages) -> list[int]:
     return tokenizer(render_prompt(tokenizer, messages), add_special_tokens=not tokenizer.chat_template)["input_ids"]
 
 
+def longest_token(tokenizer: Any) -> int:
+    """Characters in the tokenizer's longest vocabulary entry (a byte-level entry has a character
+    per byte, so no decoded token is longer): a text of more than N times this many characters
+    is more than N tokens, known before tokenizing it. Computed once per tokenizer."""
+    cached = getattr(tokenizer, "_cotdistill_longest_token", None)
+    if cached is None:
+        cached = max((len(token) for token in tokenizer.get_vocab()), default=1)
+        tokenizer._cotdistill_longest_token = cached
+    return cached
+
+
+def cut_text(tokenizer: Any, text: str, tokens: int) -> str:
+    """`text` cut where it certainly still holds its first `tokens` tokens (with a margin, since
+    the tokens at a cut may merge otherwise), so a 50 MB line costs no more to tokenize than what
+    is kept of it (tokenizing it whole, then truncating, peaked at 8.6 GB)."""
+    limit = (tokens + 64) * longest_token(tokenizer)
+    return text if len(text) <= limit else text[:limit]
+
+
+def context_length(model: Any) -> int | None:
+    """The positions a decoder-only model attends over (None where unknown or not a hard limit:
+    encoder-decoders such as T5 use relative positions)."""
+    if model.config.is_encoder_decoder:
+        return None
+    value = getattr(model.config.get_text_config(), "max_position_embeddings", None)
+    return value if isinstance(value, int) and value > 0 else None
+
+
 def render_completion(tokenizer: Any, messages: Messages, completion: str) -> str:
     """The target text after `render_prompt(messages)`, ending the way the model must learn to stop."""
     if tokenizer.chat_template:
@@ -180,8 +224,21 @@ class LocalModel:
 
     def generate(self, requests: Sequence[Messages], max_new_tokens: int = 256, temperature: float = 0.0,
                  stop: Sequence[str] = (), seed: int = 0, progress: str | None = None) -> list[Completion]:
-        """Completions in request order. Greedy at temperature 0; sampling is seeded per call."""
+        """Completions in request order. Greedy at temperature 0; sampling is seeded per call.
+        A prompt beyond the model's context is refused before anything is allocated for it, and
+        replies are bounded by what the context leaves (`--max-new-tokens 1000000000` asked for
+        768 GB of cache)."""
+        context = context_length(self.model)
+        if context:
+            for messages in requests:  # counted in characters first: tokenizing 50 MB costs gigabytes
+                if sum(len(m["content"]) for m in messages) > context * longest_token(self.tokenizer):
+                    self._refuse(messages, "characters", sum(len(m["content"]) for m in messages), context)
         encoded = [encode_prompt(self.tokenizer, messages) for messages in requests]
+        if context and encoded:
+            longest = max(range(len(encoded)), key=lambda i: len(encoded[i]))
+            if len(encoded[longest]) >= context:
+                self._refuse(requests[longest], "tokens", len(encoded[longest]), context)
+            max_new_tokens = min(max_new_tokens, context - len(encoded[longest]))
         started = time.perf_counter()
         if self.model.config.is_encoder_decoder or not reservable(self.model):
             return self._generate_batched(encoded, max_new_tokens, temperature, stop, seed, progress)
@@ -195,6 +252,11 @@ class LocalModel:
             rows = decode(self.model, encoded, self.batch_size, max_new_tokens, temperature, finished,
                           self.tokenizer.pad_token_id, seed, done=bar.update)
         return self._completions(encoded, [r.tokens for r in rows], [r.finish for r in rows], stop, started)
+
+    def _refuse(self, messages: Messages, unit: str, size: int, context: int) -> None:
+        start = " ".join(messages[-1]["content"].split())[:60]
+        raise CotdistillError(f"{self.name}: a prompt of {size:,} {unit} ({start!r}...) is beyond the model's context "
+                              f"of {context:,} tokens: shorten the question, or leave that problem out")
 
     def _generate_batched(self, encoded: list[list[int]], max_new_tokens: int, temperature: float,
                           stop: Sequence[str], seed: int, progress: str | None) -> list[Completion]:

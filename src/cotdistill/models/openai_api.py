@@ -335,18 +335,46 @@ class OpenAITeacher:
     def _completion(self, messages: Messages, data: dict[str, Any], seconds: float) -> Completion:
         try:
             choice = data["choices"][0]
-            text = choice["message"]["content"]
+            text = _content(choice["message"]["content"])
             usage = data.get("usage") or {}
-            prompt_tokens, completion_tokens = int(usage.get("prompt_tokens", 0)), int(usage.get("completion_tokens", 0))
+            prompt_tokens, completion_tokens = (_count(usage, "prompt_tokens"), _count(usage, "completion_tokens"))
             logprobs = None
             if self.config.top_logprobs and (choice.get("logprobs") or {}).get("content"):
-                logprobs = [[t["token"], t["logprob"], [[top["token"], top["logprob"]] for top in t.get("top_logprobs") or []]]
+                logprobs = [[t["token"], _logprob(t["logprob"]),
+                             [[top["token"], _logprob(top["logprob"])] for top in t.get("top_logprobs") or []]]
                             for t in choice["logprobs"]["content"]]
         except (TypeError, KeyError, IndexError, AttributeError) as error:
             raise MalformedReply(repr(error)) from None
         self.sizer.observe(messages, prompt_tokens)
-        return Completion(text or "", prompt_tokens, completion_tokens, choice.get("finish_reason") or "stop", seconds,
+        return Completion(text, prompt_tokens, completion_tokens, choice.get("finish_reason") or "stop", seconds,
                           self.config.cost(prompt_tokens, completion_tokens), logprobs)
+
+
+def _count(usage: dict[str, Any], key: str) -> int:
+    """A token count as the server reports it: an integer >= 0 (0 where it reports none). Anything
+    else (negative, fractional, text) makes the reply malformed, so a lying server can never
+    lower the spend a budget counts."""
+    value = usage.get(key, 0)
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise MalformedReply(f"usage.{key} is {value!r}, not a token count")
+    return value
+
+
+def _logprob(value: Any) -> float:
+    """A log-probability: a number <= 0 (a rounding error's worth above is let through); NaN
+    or text would train a kd student to `done` on nothing."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not value <= 1e-3:
+        raise MalformedReply(f"log-prob {value!r} is not a number <= 0")
+    return float(value)
+
+
+def _content(content: Any) -> str:
+    """The reply's text: a string, null, or a list of text parts (the newer content-parts form)."""
+    if content is None or isinstance(content, str):
+        return content or ""
+    if isinstance(content, list) and all(isinstance(p, dict) and isinstance(p.get("text"), str) for p in content):
+        return "".join(p["text"] for p in content)
+    raise MalformedReply(f"message content is {type(content).__name__} {str(content)[:60]!r}, not text")
 
 
 def _error_message(raw: bytes) -> str:

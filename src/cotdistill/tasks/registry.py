@@ -92,6 +92,11 @@ class DatasetTask:
         if self.choices:
             question += "\nAnswer Choices: " + _choices(need(self.choices), where)
         raw_answer = str(need(self.answer))
+        for name, text in (("question", question), ("answer", raw_answer)):  # SQLite and tokenizers take UTF-8 only
+            bad = None if text.isascii() else next((i for i, c in enumerate(text) if "\ud800" <= c <= "\udfff"), None)
+            if bad is not None:
+                raise CotdistillError(f"{where}: the {name} holds a lone surrogate {text[bad]!r} at character {bad}, "
+                                      "which no UTF-8 text can hold (a \\u escape cut in half?)")
         answer = raw_answer
         if self.answer_pattern:
             match = re.search(self.answer_pattern, raw_answer)

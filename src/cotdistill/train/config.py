@@ -13,7 +13,8 @@ from dataclasses import dataclass, field
 import torch
 from transformers import TrainingArguments
 
-from cotdistill.errors import at_least
+from cotdistill.config import check_types
+from cotdistill.errors import SEED_RANGE, at_least, in_range
 from cotdistill.train.fields import FORMATS, default_learning_rate, option
 from cotdistill.train.objectives import OBJECTIVES
 
@@ -60,22 +61,25 @@ class TrainConfig(TrainingArguments):
     num_train_epochs: float = 2.0
     lr_scheduler_type: str = "cosine"
     warmup_steps: float = 0.1  # a float below 1 is a share of all steps
-    logging_steps: int = 10
+    logging_steps: float = 10  # a float below 1 is a share of all steps, as in TrainingArguments
     logging_first_step: bool = True  # so even a run shorter than logging_steps reports a first and a last loss
     save_strategy: str = "steps"
-    save_steps: int = 50
-    save_total_limit: int = 2
+    save_steps: float = 50
+    save_total_limit: int | None = 2
     train_sampling_strategy: str = "group_by_length"  # batches of similar length waste little compute on padding
     remove_unused_columns: bool = False
-    report_to: str | list[str] = "tensorboard"
+    report_to: str | list[str] | None = "tensorboard"
     bf16: bool = field(default_factory=_bf16_available)  # bf16 on GPUs that have it; fp32 on CPU (bf16 is ~80x slower)
     seed: int = 0
     disable_tqdm: bool = False
     dataloader_pin_memory: bool = torch.cuda.is_available()  # pinning is for GPU copies only
 
     def __post_init__(self) -> None:
+        """Every setting checked before any work, here, so the CLI, the Python API and recipes
+        share one check: types first (a `--set` value is YAML), then ranges."""
         if self.learning_rate is None:  # one default per mode, wherever the config is built
             self.learning_rate = default_learning_rate(self.lora)
+        check_types(self, "train")
         for name, value, allowed in (("objective", self.objective, tuple(OBJECTIVES)),
                                      ("mi_estimator", self.mi_estimator, MI_ESTIMATORS),
                                      ("model_type", self.model_type, ("auto", "causal", "seq2seq"))):
@@ -85,6 +89,21 @@ class TrainConfig(TrainingArguments):
                                    ("gradient_accumulation_steps", self.gradient_accumulation_steps, 1)):
             at_least(setting, value, low)
         at_least("learning_rate", self.learning_rate, 0, strictly=True)
+        in_range("learning_rate", self.learning_rate, 0, float("inf"), high_open=True)  # and not inf
+        for setting, value, low in (("lora_r", self.lora_r, 1), ("lora_alpha", self.lora_alpha, 1),
+                                    ("dataloader_num_workers", self.dataloader_num_workers, 0),
+                                    ("save_total_limit", self.save_total_limit, 1),
+                                    ("demonstrations", self.demonstrations, 0),
+                                    ("max_grad_norm", self.max_grad_norm, 0), ("weight_decay", self.weight_decay, 0),
+                                    ("warmup_steps", self.warmup_steps, 0)):
+            at_least(setting, value, low)
+        in_range("lora_dropout", self.lora_dropout, 0, 1, high_open=True)
+        for setting, value in (("seed", self.seed), ("data_seed", self.data_seed)):
+            in_range(setting, value, *SEED_RANGE)
+        for setting, value in (("alpha", self.alpha), ("kd_weight", self.kd_weight)):
+            in_range(setting, value, 0, 1)
+        for setting, value in (("beta", self.beta), ("num_train_epochs", self.num_train_epochs)):
+            in_range(setting, value, 0, float("inf"), high_open=True)
         if self.num_train_epochs <= 0 and self.max_steps <= 0:
             raise ValueError("epochs must be > 0 (or max_steps set): a student trained for no step is not trained")
         unknown = set(self.format_list) - set(FORMATS)

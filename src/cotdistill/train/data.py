@@ -16,12 +16,15 @@ import torch
 
 from cotdistill.errors import CotdistillError
 from cotdistill.models import Messages, encode_prompt, render_completion
+from cotdistill.models.local import cut_text
 
 
 def tokenize_example(tokenizer: Any, messages: Messages, completion: str, max_length: int,
                      seq2seq: bool = False) -> dict[str, Any]:
     """input_ids and labels (-100 where no loss is taken). Causal: one sequence, prompt masked.
     Seq2seq: the prompt is the encoder's input, the completion (+ EOS) the decoder's labels."""
+    messages = [{**m, "content": cut_text(tokenizer, m["content"], max_length)} for m in messages]  # before any
+    completion = cut_text(tokenizer, completion, max_length)  # allocation: only max_length tokens are kept
     prompt_ids = encode_prompt(tokenizer, messages)  # exactly what generation is prompted with
     if seq2seq:
         input_ids = prompt_ids[:max_length]

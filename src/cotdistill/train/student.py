@@ -10,6 +10,9 @@ tokenizer and a `cotdistill.json` of what produced it land in `RUN_DIR/students/
 from __future__ import annotations
 
 import json
+import math
+import shutil
+import sys
 import time
 from collections.abc import Sequence
 from contextlib import nullcontext
@@ -24,7 +27,7 @@ from transformers.trainer_utils import get_last_checkpoint
 
 from cotdistill.errors import CotdistillError
 from cotdistill.methods import METHODS, Method, get_method, stored_examples
-from cotdistill.models import LocalModel, load_model
+from cotdistill.models import ALIASES, LocalModel, load_model
 from cotdistill.store import Annotation, Store, student_dir
 from cotdistill.tasks import Problem, get_task
 from cotdistill.train.config import TrainConfig
@@ -33,7 +36,7 @@ from cotdistill.train.data import TokenMap, check_teacher_tokens, tokenize_examp
 from cotdistill.train.fields import default_learning_rate
 from cotdistill.train.formats import format_examples
 from cotdistill.train.objectives import OBJECTIVES
-from cotdistill.train.trainer import load_critic, make_trainer
+from cotdistill.train.trainer import check_finite_weights, load_critic, make_trainer
 
 
 def train(
@@ -55,6 +58,9 @@ def train(
     weights, formats to mix, a dev set, LoRA, and every TrainingArguments field.
     """
     output = student_dir(run_dir, name)
+    if name in ALIASES:  # `eval --model NAME` would run this student where the report says the base model
+        raise CotdistillError(f"student name {name!r} is a model alias ({', '.join(ALIASES)}): give the student "
+                              "another name")
     try:  # bad settings fail before anything is opened or registered
         args = TrainConfig(output_dir=str(output / "checkpoints"), **config)
     except (TypeError, ValueError) as error:
@@ -70,8 +76,12 @@ def train(
     with Store(run_dir) as store, store.lease(*held) if main else nullcontext():
         store.check_settings(run_name, settings, produced, defaults)
         previous = store.run(run_name)
-        if previous and previous["status"] == "done" and (output / "cotdistill.json").is_file():
-            return output
+        if previous and previous["status"] == "done":
+            broken = unloadable(output)
+            if broken is None:
+                return output
+            print(f"note: student {name} is recorded as done, but {broken}: rebuilding it from its last "
+                  "checkpoint", file=sys.stderr)
         _check_objective(args, the_method, roles)
         dev, pairs = _setup_data(args, store, the_method, roles, task, split)
         model, tokenizer = _setup_model(args, student)
@@ -83,6 +93,7 @@ def train(
         trainer = make_trainer(model, tokenizer, args, items, logprobs, teacher, groups,
                                _dev_evaluator(dev, the_method, tokenizer, args) if dev else None)
         last, loss, seconds = _fit(trainer, args, callbacks)
+        check_finite_weights(trainer.model, "after training")
         trainer.save_model(str(output))  # every process takes part: ZeRO-3 / FSDP gather the weights here
         if main:
             tokenizer.save_pretrained(output)
@@ -91,6 +102,32 @@ def train(
             (output / "cotdistill.json").write_text(json.dumps(summary, indent=2))
             store.finish_run(run_name, summary)
     return output
+
+
+def unloadable(output: Path) -> str | None:
+    """Why a trained student's directory would not load (a file missing, or a weights or
+    config file that is cut short or not what it claims), or None. Reads each file's header
+    only (safetensors checks that the file covers every tensor), so it is fast at any size."""
+    from safetensors import safe_open
+
+    lora = (output / "adapter_config.json").is_file()
+    needed = ["cotdistill.json", "tokenizer_config.json",
+              *(["adapter_config.json", "adapter_model.safetensors"] if lora else ["config.json"])]
+    weights = sorted(output.glob("model*.safetensors")) if not lora else [output / "adapter_model.safetensors"]
+    if not lora and not weights:
+        return f"{output} holds no model.safetensors"
+    for file in [*(output / n for n in needed), *weights]:
+        if not file.is_file():
+            return f"{file} is missing"
+        try:
+            if file.suffix == ".json":
+                json.loads(file.read_text())
+            else:
+                with safe_open(str(file), "pt"):
+                    pass
+        except Exception as error:  # SafetensorError, ValueError, UnicodeDecodeError: all "does not load"
+            return f"{file} does not load ({' '.join(str(error).split())[:120]})"
+    return None
 
 
 def _setup_model(args: TrainConfig, student: str) -> tuple[Any, Any]:
@@ -125,12 +162,34 @@ def _setup_data(args: TrainConfig, store: Store, method: Method, roles: list[str
     return dev, [(a, e) for a, e in pairs if problems[a.problem_key].question not in questions]
 
 
+def last_complete_checkpoint(folder: str | Path) -> str | None:
+    """The newest checkpoint that is whole. One cut short (killed, or the disk full, while it was
+    written: transformers writes trainer_state.json last, and not atomically) would make every
+    resume fail, so it is removed with a note and the one before it is taken."""
+    from safetensors import safe_open
+
+    while (last := get_last_checkpoint(str(folder)) if Path(folder).is_dir() else None) is not None:
+        try:
+            state = json.loads((Path(last) / "trainer_state.json").read_text())
+            if not isinstance(state, dict) or "global_step" not in state:
+                raise ValueError("no global_step")
+            for weights in Path(last).glob("*.safetensors"):
+                with safe_open(str(weights), "pt"):
+                    pass
+            return last
+        except Exception as error:  # missing, cut short or unreadable: all mean "not a checkpoint"
+            why = f"{type(error).__name__}: {' '.join(str(error).split())[:120]}"
+            print(f"note: {last} is incomplete ({why}); removed, resuming from the one before it", file=sys.stderr)
+            shutil.rmtree(last)
+    return None
+
+
 def _fit(trainer: Any, args: TrainConfig, callbacks: Sequence[TrainerCallback]) -> tuple[str | None, float, float]:
-    """Train from the last checkpoint, if any; returns it, the training loss and the seconds taken."""
+    """Train from the last complete checkpoint, if any; returns it, the training loss and the seconds taken."""
     for callback in [*callbacks, *([EarlyStoppingCallback(args.early_stopping_patience)]
                                    if args.early_stopping_patience else [])]:
         trainer.add_callback(callback)
-    last = get_last_checkpoint(args.output_dir) if Path(args.output_dir).is_dir() else None
+    last = last_complete_checkpoint(args.output_dir)
     if trainer.critic is not None:
         load_critic(trainer.critic, last)
     started = time.perf_counter()
@@ -224,8 +283,21 @@ def _items(args: TrainConfig, store: Store, method: Method, pairs: list[tuple[An
     logprobs = None
     if objective.uses_stored_logprobs(white_box_teacher=teacher is not None):
         logprobs = [a.logprobs for a in annotations]
+        _check_finite_logprobs(annotations, str(store.path))
         check_teacher_tokens(TokenMap(tokenizer), logprobs, str(store.path))
     return items, logprobs, groups
+
+
+def _check_finite_logprobs(annotations: list[Annotation], source: str) -> None:
+    """Refuse stored teacher log-probs that are NaN or above 0 (a server's or a store's fault):
+    the kd loss masks what it cannot read, so they would train to `done` with a kd loss of 0."""
+    for annotation in annotations:
+        for token in annotation.logprobs or []:
+            for logprob in [token[1], *(top[1] for top in token[2] or [])]:
+                if not isinstance(logprob, (int, float)) or math.isnan(logprob) or logprob > 1e-3:
+                    raise CotdistillError(f"{source}: annotation {annotation.key} ({annotation.task} "
+                                          f"{annotation.problem_id}) holds teacher log-prob {logprob!r} for token "
+                                          f"{token[0]!r}; log-probs are numbers <= 0: annotate it again")
 
 
 def _longest(items: list[Any], model: Any, tokenizer: Any, args: TrainConfig) -> int:

@@ -15,6 +15,7 @@ import torch
 from torch.utils.data import DataLoader
 from transformers import Trainer, TrainerCallback, set_seed
 
+from cotdistill.errors import CotdistillError
 from cotdistill.methods import Example
 from cotdistill.train import objectives
 from cotdistill.train.config import TrainConfig
@@ -35,10 +36,15 @@ class DistillTrainer(Trainer):
         self.model_accepts_loss_kwargs = isinstance(self.objective, objectives.SFT)
         if critic is not None:
             self.add_callback(_CriticCallback(critic, self.accelerator))
+        self.add_callback(_FiniteWeightsCallback())
 
     def compute_loss(self, model: Any, inputs: dict[str, Any], return_outputs: bool = False,
                      num_items_in_batch: torch.Tensor | int | None = None) -> Any:
         loss, parts = self.objective.loss(self, model, inputs, num_items_in_batch)
+        if not torch.isfinite(loss.detach()).all():  # one sync per step, as the parts below already take
+            where = ", ".join(f"{name} {float(value.detach()):g}" for name, value in parts.items())
+            raise NonFinite(f"train: the loss is {float(loss.detach()):g} at step {self.state.global_step + 1}"
+                            f"{f' ({where})' if where else ''}: {NONFINITE_ADVICE}")
         for name, value in parts.items():
             self.parts.setdefault(name, []).append(float(value.detach()))
         return (loss, None) if return_outputs else loss
@@ -83,6 +89,31 @@ class DistillTrainer(Trainer):
         self.log(metrics)
         self.control = self.callback_handler.on_evaluate(self.args, self.state, self.control, metrics)
         return metrics
+
+
+NONFINITE_ADVICE = ("training stopped, and nothing was saved as done (a learning rate too high for this model, "
+                    "or non-finite values in the data, cause this)")
+
+
+class NonFinite(CotdistillError):
+    """Training diverged (a NaN or infinite loss or weight): stopped, never saved as done."""
+
+
+def check_finite_weights(model: torch.nn.Module, when: str) -> None:
+    """Refuse trained weights holding NaN or infinity (`--learning-rate inf` makes them so in one
+    step while the loss that step reports is still finite): such a student answers nothing."""
+    for name, parameter in model.named_parameters():
+        if parameter.requires_grad and not torch.isfinite(parameter.detach()).all():
+            raise NonFinite(f"train: weight {name} is not finite {when}: {NONFINITE_ADVICE}")
+
+
+class _FiniteWeightsCallback(TrainerCallback):
+    """No checkpoint of diverged weights: checked on the step a checkpoint is about to be saved
+    (on_step_end runs before the Trainer saves), so a rerun never resumes from one."""
+
+    def on_step_end(self, args: Any, state: Any, control: Any, model: Any = None, **kwargs: Any) -> None:
+        if control.should_save and model is not None:
+            check_finite_weights(model, f"at step {state.global_step}")
 
 
 class _CriticCallback(TrainerCallback):
@@ -132,10 +163,15 @@ def make_trainer(model: Any, tokenizer: Any, config: TrainConfig, items: Sequenc
         # random state the arms before it left (two arms differing only in their dev set
         # started 0.1 apart per weight).
         set_seed(config.seed)
-        model = get_peft_model(model, LoraConfig(
-            task_type="SEQ_2_SEQ_LM" if seq2seq else "CAUSAL_LM", r=config.lora_r, lora_alpha=config.lora_alpha,
-            lora_dropout=config.lora_dropout, target_modules=config.lora_target_modules,
-        ))
+        try:
+            model = get_peft_model(model, LoraConfig(
+                task_type="SEQ_2_SEQ_LM" if seq2seq else "CAUSAL_LM", r=config.lora_r, lora_alpha=config.lora_alpha,
+                lora_dropout=config.lora_dropout, target_modules=config.lora_target_modules,
+            ))
+        except ValueError as error:  # peft: "Target modules {'x'} not found in the base model..."
+            linear = sorted({n.rsplit(".", 1)[-1] for n, m in model.named_modules() if isinstance(m, torch.nn.Linear)})
+            raise CotdistillError(f"lora_target_modules={config.lora_target_modules!r}: {str(error).split('.')[0]} "
+                                  f"(this model's linear layers: all-linear, {', '.join(linear)})") from None
 
     def tokenize(example: Example) -> dict[str, Any]:
         return tokenize_example(tokenizer, example.messages, example.completion, config.max_length, seq2seq)
