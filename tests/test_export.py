@@ -242,3 +242,98 @@ def test_ollama_template_reproduces_the_chat_template_or_is_left_to_ollama(tiny_
         "<start_of_turn>{{ m['role'] }}\n{% if loop.index0 == 1 %}{{ sys }}{% endif %}{{ m['content'] }}<end_of_turn>\n"
         "{% endif %}{% endfor %}{% if add_generation_prompt %}<start_of_turn>model\n{% endif %}")
     assert ChatFormat(tokenizer, [2]).go is None
+
+
+@pytest.fixture(scope="module")
+def smol_tokenizer_model(tmp_path_factory):
+    """A 2-layer Llama with SmolLM2's own tokenizer (read from the embedded GGUF): llama.cpp's
+    converter names a BPE tokenizer's pre-tokenizer by a hash of its encodings, so it takes a
+    tokenizer it knows, not one trained in a test."""
+    import torch
+    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+
+    from cotdistill.models.embedded import find_gguf
+
+    try:
+        gguf = find_gguf()
+    except CotdistillError as error:
+        pytest.skip(str(error))
+    directory = tmp_path_factory.mktemp("smol-tokenizer-model")
+    tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+    torch.manual_seed(0)
+    model = LlamaForCausalLM(LlamaConfig(
+        vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+        num_key_value_heads=2, max_position_embeddings=1024, tie_word_embeddings=True, initializer_range=0.3,
+        bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id))
+    model.save_pretrained(directory)
+    tokenizer.save_pretrained(directory)
+    return directory
+
+
+def _serve(gguf, port):
+    """llama-cpp-python's OpenAI-compatible server on `gguf`, as tests/test_real_server.py starts it."""
+    server = subprocess.Popen([sys.executable, "-m", "llama_cpp.server", "--model", str(gguf), "--model_alias", "student",
+                               "--host", "127.0.0.1", "--port", str(port), "--n_ctx", "1024", "--n_threads", "2",
+                               "--verbose", "false"], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        try:
+            urllib.request.urlopen(f"http://127.0.0.1:{port}/v1/models", timeout=2)
+            return server
+        except OSError:
+            if server.poll() is not None:
+                raise RuntimeError(f"llama_cpp.server exited: {server.stderr.read()[-2000:]}")
+            time.sleep(0.5)
+    server.kill()
+    raise RuntimeError("llama_cpp.server did not answer within 120 s")
+
+
+def test_a_gguf_export_served_by_llama_cpp_answers_as_transformers_does(tmp_path, smol_tokenizer_model):
+    """export-model --format gguf (f16 and q8_0) through llama.cpp's own converter: the
+    file, served by llama-cpp-python with the chat template it carries, gives the greedy
+    answers transformers gave to `cotdistill eval` (f16 all of it, q8_0 its first tokens), and
+    an Ollama Modelfile stands beside it. Skips where the converter cannot be had (offline
+    before its first fetch)."""
+    pytest.importorskip("llama_cpp.server.app", reason="llama-cpp-python[server] is not installed")
+    from transformers import AutoTokenizer
+
+    from cotdistill.errors import EnvironmentProblem
+    from cotdistill.evaluate import evaluate
+    from cotdistill.export_model import export_model, find_converter
+    from cotdistill.train import train
+
+    try:
+        find_converter()
+    except EnvironmentProblem as error:
+        pytest.skip(f"llama.cpp's converter cannot be had here: {error}")
+    annotate(tmp_path, "arith", limit=8)
+    train(tmp_path, student=str(smol_tokenizer_model), lora=True, max_steps=4, learning_rate=2e-2, disable_tqdm=True)
+    evaluate(tmp_path, model="student", task="arith", limit=3, max_new_tokens=16)
+    expected = {k: v.strip() for k, v in _stored(tmp_path).items()}
+    tokenizer = AutoTokenizer.from_pretrained(smol_tokenizer_model)
+    for gguf_type in ("f16", "q8_0"):
+        out = tmp_path / gguf_type
+        written = export_model(tmp_path, "student", out, format="gguf", gguf_type=gguf_type, max_new_tokens=16)
+        assert written["files"] == ["Modelfile", "README.md", f"student-{gguf_type}.gguf"] and written["ollama_template"]
+        assert (out / f"student-{gguf_type}.gguf").read_bytes()[:4] == b"GGUF"
+        assert f"FROM ./student-{gguf_type}.gguf" in (out / "Modelfile").read_text()
+        port = _free_port()
+        server = _serve(out / f"student-{gguf_type}.gguf", port)
+        try:
+            evaluate(tmp_path, model="openai:student", task="arith", limit=3, max_new_tokens=16, name=f"gguf-{gguf_type}",
+                     api={"base_url": f"http://127.0.0.1:{port}/v1", "concurrency": 1})
+        finally:
+            server.kill()
+        served = {k: v.strip() for k, v in _stored(tmp_path, f"gguf-{gguf_type}").items()}
+        if gguf_type == "f16":
+            assert served == expected
+        else:  # 8-bit weights: on this random-weight model the greedy path holds for its first tokens, then near-ties flip
+            assert all(tokenizer(served[k])["input_ids"][:3] == tokenizer(expected[k])["input_ids"][:3] for k in expected)
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
