@@ -122,10 +122,6 @@ def _sweep_partials(out: Path) -> None:
             shutil.rmtree(path, ignore_errors=True)
 
 
-def glob_escape(name: str) -> str:
-    return re.sub(r"([*?\[])", r"[\1]", name)
-
-
 def _alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
