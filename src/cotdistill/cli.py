@@ -149,15 +149,24 @@ def export_model(
     run_dir: RunDir = Path("runs/default"),
     student: Annotated[str, typer.Option(help="The student's name in this run (see `cotdistill report`).")] = "student",
     out: Annotated[Path, typer.Option("--out", "-o", help="A new or empty directory for the model.")] = Path("model"),
+    format: Annotated[str, typer.Option(help="hf: a Hugging Face model directory; gguf: a GGUF file (llama.cpp's "
+                                              "converter) with an Ollama Modelfile.")] = "hf",
+    gguf_type: Annotated[str, typer.Option(help="--format gguf: the weights as f16, q8_0, bf16 or f32.")] = "f16",
+    llama_cpp: Annotated[Optional[Path], typer.Option(help="--format gguf: a llama.cpp checkout whose "
+                                                            "convert_hf_to_gguf.py to run (default: the one in "
+                                                            "llama-cpp-python's source distribution, fetched "
+                                                            "once with pip and cached).")] = None,
     dtype: Annotated[str, typer.Option(help="Weights as float32, bfloat16 or float16.")] = "float32",
     max_new_tokens: Annotated[int, typer.Option(min=1, help="The generation config's max new tokens.")] = 256,
     push_to_hub: Annotated[Optional[str], typer.Option(help="Also upload the directory to this Hugging Face repo (online).")] = None,
 ) -> None:
-    """Write a student as a standalone Hugging Face model (LoRA merged, safetensors, tokenizer with its chat
-    template, generation config, model card): transformers, `vllm serve` and llama.cpp's converter take it."""
+    """Write a student as a standalone model: a Hugging Face directory (LoRA merged, safetensors, tokenizer with its
+    chat template, generation config, model card) that transformers, lm-evaluation-harness and `vllm serve` take, or
+    a GGUF with an Ollama Modelfile for llama.cpp and Ollama. Written beside --out and renamed when complete."""
     from cotdistill.export_model import export_model as run
 
-    _show(run(run_dir, student, out, dtype=dtype, max_new_tokens=max_new_tokens, push_to_hub=push_to_hub))
+    _show(run(run_dir, student, out, dtype=dtype, max_new_tokens=max_new_tokens, push_to_hub=push_to_hub,
+              format=format, gguf_type=gguf_type, llama_cpp=llama_cpp))
 
 
 def _field(name: str) -> Any:
