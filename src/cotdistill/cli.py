@@ -225,6 +225,7 @@ def evaluate(
     name: Annotated[Optional[str], _opt(E, "name")] = None,
     temperature: Annotated[float, _opt(E, "temperature")] = default_of(E, "temperature"),
     samples: Annotated[int, _opt(E, "samples")] = default_of(E, "samples"),
+    shots: Annotated[int, _opt(E, "shots")] = default_of(E, "shots"),
     max_new_tokens: MaxNewTokens = default_of(E, "max_new_tokens"),
     batch_size: BatchSize = default_of(E, "batch_size"),
     seed: Seed = default_of(E, "seed"),
@@ -252,7 +253,7 @@ def evaluate(
     uses_api = any(v.split("=", 1)[-1].startswith(PREFIX) for v in values)
     config = EvalConfig(model=single[0] if single else default_of(E, "model"), models=stages or None,
                         pipeline=pipeline, task=task, data=data, split=split, limit=limit, method=method, name=name,
-                        temperature=temperature, samples=samples, max_new_tokens=max_new_tokens,
+                        temperature=temperature, samples=samples, shots=shots, max_new_tokens=max_new_tokens,
                         batch_size=batch_size, seed=seed, fields=_pairs(field, "--field"),
                         options=_pairs(option, "--option"), api=api if uses_api else None, weak_sandbox=weak_sandbox)
     _show(run(run_dir, config))
