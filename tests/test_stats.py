@@ -158,3 +158,20 @@ def test_seq2seq_holds_each_side_within_max_length(tiny_t5):
     longer = max(len(feature["input_ids"]), len(feature["labels"]))
     assert fit_example(tokenizer, example, longer, seq2seq=True)[0] == feature
     assert fit_example(tokenizer, example, longer - 1, seq2seq=True) == (None, 0)
+
+
+# --- divide-or-conquer's filter is the paper's: the teacher screens its own decompositions ----
+
+def test_the_gold_teacher_as_its_own_solver_keeps_every_gold_decomposition(tmp_path):
+    from cotdistill.annotate import annotate
+
+    result = annotate(tmp_path, "arith", limit=3, method="decompose", verify_with="gold")
+    assert result["kept"] == result["requests"] == 3 and "verified" not in result  # no solver model loaded
+
+
+def test_gold_cannot_screen_another_teachers_decompositions(tmp_path):
+    from cotdistill.annotate import annotate
+
+    with pytest.raises(CotdistillError, match="--verify-with gold screens nothing.*--verify-with openai:m"):
+        annotate(tmp_path, "arith", limit=3, method="decompose", teacher="openai:m", verify_with="gold")
+    assert not (tmp_path / "store.sqlite").exists()
