@@ -159,7 +159,7 @@ def main() -> None:
               f"{r['seconds']:.1f} | {r['final_loss']:.4f} | {logged} | "
               f"{r['peak_gpu_gib'] if BF16 else r['peak_rss_gib']:.2f} | {speedup} |")
     print(f"\nreproduce: .venv/bin/python benchmarks/train_throughput.py --n {args.n} --batch-size {args.batch_size} "
-          f"--max-length {args.max_length} --trainers {args.trainers}")
+          f"--max-length {args.max_length} --trainers {args.trainers} --data {args.data}")
 
 
 if __name__ == "__main__":
