@@ -5,8 +5,9 @@ prompt and target), full fine-tuning, the same batch size and max length, TRL's 
 optimiser settings for both (lr 2e-5, linear schedule, no warmup, 1 epoch); fp32 weights,
 with bf16 autocast for both on a GPU that has it (fp32 compute on CPU).
 TRL runs with its defaults otherwise (conversational prompt-completion data, completion-only
-loss, no packing, activation checkpointing on) and, to show where the difference comes
-from, once more with activation checkpointing off.
+loss, no packing). Activation (gradient) checkpointing is on in TRL's defaults and off in
+ours, so each trainer runs both ways and the speed-up compares like with like: cotdistill
+against TRL with the same checkpointing setting.
 
 Each trainer runs in its own process (so peak RSS is its own). Throughput is the real
 (non-pad) tokens of the training set divided by the wall time of `trainer.train()`. The
@@ -16,6 +17,7 @@ token NLL over the 256 examples.
 Reproduce (needs `pip install -e '.[bench]'` and ../shared/data):
 
     .venv/bin/python benchmarks/train_throughput.py --n 256
+    # trainers: cotdistill, cotdistill-checkpointing, trl (checkpointing on, its default), trl-no-checkpointing
 """
 
 from __future__ import annotations
@@ -65,11 +67,11 @@ def examples(n: int, data: Path, seed: int = 0) -> list:
 
 def final_loss(model, tokenizer, items, max_length: int) -> float:
     """Mean completion-token NLL of the trained model, the same code for every trainer."""
-    from cotdistill.train.data import Collator, tokenize_example
+    from cotdistill.train.data import Collator, fit_examples
     from cotdistill.train.objectives import targets
 
     model.eval()
-    features = [tokenize_example(tokenizer, e.messages, e.completion, max_length) for e in items]
+    features = fit_examples(tokenizer, items, max_length)[0]
     total = count = 0.0
     with torch.no_grad():
         for start in range(0, len(features), 16):
@@ -84,15 +86,17 @@ def final_loss(model, tokenizer, items, max_length: int) -> float:
 def run_one(which: str, n: int, batch_size: int, max_length: int, data: Path, workdir: Path) -> dict:
     from cotdistill.models import load_model
     from cotdistill.train import TrainConfig
-    from cotdistill.train.data import tokenize_example
+    from cotdistill.train.data import fit_examples
     from cotdistill.train.trainer import make_trainer
 
     items = examples(n, data)
     model, tokenizer = load_model("smollm2-135m", dtype=torch.float32)  # master weights; bf16 only autocasts
-    real_tokens = sum(len(tokenize_example(tokenizer, e.messages, e.completion, max_length)["input_ids"]) for e in items)
-    if which == "cotdistill":
+    real_tokens = sum(len(f["input_ids"]) for f in fit_examples(tokenizer, items, max_length)[0])
+    checkpointing = which in ("cotdistill-checkpointing", "trl")  # TRL's default is on, ours off
+    if which.startswith("cotdistill"):
         config = TrainConfig(**accepted(TrainConfig, output_dir=str(workdir / which), lora=False,
-                                        per_device_train_batch_size=batch_size, max_length=max_length, **COMMON))
+                                        per_device_train_batch_size=batch_size, max_length=max_length,
+                                        activation_checkpointing=checkpointing, **COMMON))
         trainer = make_trainer(model, tokenizer, config, items)
     else:
         from datasets import Dataset
@@ -100,7 +104,7 @@ def run_one(which: str, n: int, batch_size: int, max_length: int, data: Path, wo
 
         rows = [{"prompt": e.messages, "completion": [{"role": "assistant", "content": e.completion}]} for e in items]
         config = SFTConfig(**accepted(SFTConfig, output_dir=str(workdir / which), per_device_train_batch_size=batch_size,
-                                      max_length=max_length, activation_checkpointing=which == "trl", **COMMON))
+                                      max_length=max_length, activation_checkpointing=checkpointing, **COMMON))
         trainer = SFTTrainer(model=model, args=config, train_dataset=Dataset.from_list(rows), processing_class=tokenizer)
         trl_tokens = sum(len(r["input_ids"]) for r in trainer.train_dataset)
     started = time.perf_counter()
@@ -113,7 +117,8 @@ def run_one(which: str, n: int, batch_size: int, max_length: int, data: Path, wo
               "final_loss": final_loss(trainer.model, tokenizer, items, max_length),
               "peak_rss_gib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20,
               "peak_gpu_gib": torch.cuda.max_memory_allocated() / 2**30 if torch.cuda.is_available() else None}
-    if which != "cotdistill":
+    result["checkpointing"] = checkpointing
+    if which.startswith("trl"):
         result["trl_tokens"] = trl_tokens
     return result
 
@@ -124,7 +129,7 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--max-length", type=int, default=512)
     parser.add_argument("--data", type=Path, default=DATA, help="GSM8K train.jsonl")
-    parser.add_argument("--trainers", default="cotdistill,trl,trl-no-checkpointing")
+    parser.add_argument("--trainers", default="cotdistill,cotdistill-checkpointing,trl,trl-no-checkpointing")
     parser.add_argument("--one", help=argparse.SUPPRESS)  # internal: run one trainer in this process
     args = parser.parse_args()
     if args.one:
@@ -138,20 +143,23 @@ def main() -> None:
                                 check=True, capture_output=True, text=True).stdout
         results.append(json.loads(output.strip().splitlines()[-1]))
         print(json.dumps(results[-1]), flush=True)
-    ours = results[0]
+    ours = {r["checkpointing"]: r for r in results if r["trainer"].startswith("cotdistill")}
     where = f"{torch.cuda.get_device_name()}, bf16 autocast" if BF16 else f"CPU, fp32, {torch.get_num_threads()} threads"
     print(f"\nSFT of SmolLM2-135M (full), {args.n} GSM8K CoT examples, batch {args.batch_size}, "
           f"max length {args.max_length}, {where}")
     memory = "peak GPU GiB" if BF16 else "peak RSS GiB"
-    print(f"| trainer | tokens/s | train s | final loss | first / last logged loss | {memory} | speed-up of cotdistill |")
-    print("| --- | --- | --- | --- | --- | --- | --- |")
+    print(f"| trainer | checkpointing | tokens/s | train s | final loss | first / last logged loss | {memory} | "
+          "cotdistill's speed-up, same checkpointing |")
+    print("| --- | --- | --- | --- | --- | --- | --- | --- |")
     for r in results:
         logged = " / ".join("-" if r[k] is None else f"{r[k]:.4f}" for k in ("first_logged_loss", "last_logged_loss"))
-        print(f"| {r['trainer']} | {r['tokens_per_second']:.1f} | {r['seconds']:.1f} | {r['final_loss']:.4f} | "
-              f"{logged} | {r['peak_gpu_gib'] if BF16 else r['peak_rss_gib']:.2f} | "
-              f"{ours['tokens_per_second'] / r['tokens_per_second']:.2f}x |")
+        like = ours.get(r["checkpointing"])
+        speedup = f"{like['tokens_per_second'] / r['tokens_per_second']:.2f}x" if like else "- (not run)"
+        print(f"| {r['trainer']} | {'on' if r['checkpointing'] else 'off'} | {r['tokens_per_second']:.1f} | "
+              f"{r['seconds']:.1f} | {r['final_loss']:.4f} | {logged} | "
+              f"{r['peak_gpu_gib'] if BF16 else r['peak_rss_gib']:.2f} | {speedup} |")
     print(f"\nreproduce: .venv/bin/python benchmarks/train_throughput.py --n {args.n} --batch-size {args.batch_size} "
-          f"--max-length {args.max_length}")
+          f"--max-length {args.max_length} --trainers {args.trainers} --data {args.data}")
 
 
 if __name__ == "__main__":

@@ -361,12 +361,16 @@ def test_a_gold_answer_past_the_bounds_scores_as_wrong_within_seconds(tmp_path, 
 def test_a_50_mb_line_is_cut_before_it_is_tokenized(tiny_model):
     from transformers import AutoTokenizer
 
-    from cotdistill.train.data import tokenize_example
+    from cotdistill.errors import CotdistillError
+    from cotdistill.methods import Example
+    from cotdistill.train.data import fit_examples
 
     tokenizer = AutoTokenizer.from_pretrained(tiny_model)
     started = time.perf_counter()
-    example = tokenize_example(tokenizer, [{"role": "user", "content": "q " * 25_000_000}], "a " * 25_000_000, 64)
-    assert example["length"] == 64 and time.perf_counter() - started < 5
+    huge = Example("cot", [{"role": "user", "content": "q " * 25_000_000}], "a " * 25_000_000)
+    with pytest.raises(CotdistillError, match="1 of 1 training examples do not fit max_length=64"):
+        fit_examples(tokenizer, [huge], 64)
+    assert time.perf_counter() - started < 5
 
 
 def test_max_new_tokens_is_bounded_by_the_context(tmp_path, tiny_model):

@@ -98,7 +98,7 @@ def _cot_examples(n=4):
 def test_kd_on_stored_top_k_is_zero_for_the_teacher_itself_and_positive_for_another_model(tiny_model):
     teacher, tokenizer = load_model(str(tiny_model))
     examples = _cot_examples()
-    stored = [_top_k(teacher, tokenizer, tokenize_example(tokenizer, e.messages, e.completion, 512)) for e in examples]
+    stored = [_top_k(teacher, tokenizer, tokenize_example(tokenizer, e.messages, e.completion)) for e in examples]
     trainer = make_trainer(teacher, tokenizer, config(objective="kd"), examples, teacher_logprobs=stored)
     batch = Collator(tokenizer.pad_token_id)(trainer.train_dataset)
     assert batch["kd_ids"].shape[-1] == 5 and torch.isfinite(batch["kd_logprobs"]).any()
@@ -139,7 +139,7 @@ def _store_with_logprobs(run_dir, model_dir, tokens_from=None):
     problems = store.problems(a.problem_key for a in store.annotations("cot"))
     rows = []
     for a in store.annotations("cot"):
-        feature = tokenize_example(tokenizer, cot.student_messages(problems[a.problem_key]), a.parsed["rationale"], 512)
+        feature = tokenize_example(tokenizer, cot.student_messages(problems[a.problem_key]), a.parsed["rationale"])
         rows.append(dataclasses.replace(a, key=a.key + "-lp", teacher="recorded", logprobs=_top_k(model, tokenizer, feature)))
     store.db.execute("DELETE FROM annotations")
     store.add_annotations(rows)
@@ -212,7 +212,7 @@ def test_seq2seq_student_trains_and_answers(tmp_path, tiny_t5):
 
 def test_seq2seq_tokens_put_the_prompt_in_the_encoder_and_the_completion_in_the_labels(tiny_t5):
     tokenizer = AutoTokenizer.from_pretrained(tiny_t5)
-    example = tokenize_example(tokenizer, [{"role": "user", "content": "predict: 2 + 2?"}], "The answer is 4.", 64,
+    example = tokenize_example(tokenizer, [{"role": "user", "content": "predict: 2 + 2?"}], "The answer is 4.",
                                seq2seq=True)
     assert "predict: 2 + 2?" in tokenizer.decode(example["input_ids"])
     assert tokenizer.decode(example["labels"][:-1]) == "The answer is 4."

@@ -116,5 +116,7 @@ scales:
     report = (run_dir / "report.md").read_text()
     assert "| arm | gsm8k:dev[:400] | svamp:test[:900] |" in report
     for arm in ("cot", "pot", "kpdd-cot", "kpdd-pot"):
-        assert re.search(rf"\| {arm} \| [\d.]+ \(2\) \| [\d.]+ \(2\) \|", report), report
+        assert re.search(rf"\| {arm} \| [\d.]+ \[[\d.]+-[\d.]+\] \(2\) \| [\d.]+ \[[\d.]+-[\d.]+\] \(2\) \|", report), report
+    assert "| gsm8k:dev[:400] | cot | pot | 2 |" in report  # arms on the same problems, paired
+    assert report.count(" | small | ") == 8  # every eval row names the recipe's scale
     assert (run_dir / "report.png").stat().st_size > 0

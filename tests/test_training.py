@@ -21,7 +21,7 @@ def test_prompt_tokens_are_masked_and_completion_ends_with_eos(fixture, request)
     tokenizer = AutoTokenizer.from_pretrained(request.getfixturevalue(fixture))
     problem = get_task("arith").load(split="train", limit=1)[0]
     messages = COT.student_messages(problem)
-    example = tokenize_example(tokenizer, messages, problem.gold["cot"], max_length=1024)
+    example = tokenize_example(tokenizer, messages, problem.gold["cot"])
     taught = [t for t in example["labels"] if t != -100]
     assert example["labels"][: len(example["labels"]) - len(taught)] == [-100] * (len(example["labels"]) - len(taught))
     assert tokenizer.decode(taught) == render_completion(tokenizer, messages, problem.gold["cot"])

@@ -63,6 +63,9 @@ def annotate(run_dir: str | Path, config: AnnotateConfig | str | None = None, *,
     the_method = get_method(c.method, c.prompts)
     if c.verify_with and not the_method.solver_verifies:
         raise CotdistillError(f"--verify-with filters decompositions; method {c.method} has no solver stage")
+    if c.verify_with == GOLD and c.teacher != GOLD:
+        raise CotdistillError(f"--verify-with gold screens nothing (the gold solution reaches the answer whatever the "
+                              f"decomposition): screen {c.teacher}'s decompositions with --verify-with {c.teacher}")
     if c.api and not any(name.startswith(API_PREFIX) for name in (c.teacher, c.verify_with or "")):
         raise CotdistillError(f"API options ({', '.join(c.api)}) apply to openai:MODEL teachers, not {c.teacher!r}")
     api = api_config(c.teacher, c.api)
@@ -97,7 +100,9 @@ def annotate(run_dir: str | Path, config: AnnotateConfig | str | None = None, *,
                         result = _ask(c, api, the_method, pending, writer, store.annotation_spend(keys))
                     finally:
                         writer.close()
-        if c.verify_with and not status:
+        # verify_with=gold (the paper's filter with the gold teacher as its solver) passes every
+        # gold decomposition: the task's own solution reaches the oracle answer by construction
+        if c.verify_with and c.verify_with != GOLD and not status:
             solver = load_backend(model_in_run(run_dir, c.verify_with), c.api, c.batch_size)
             result["verified"] = _verify(store, the_method, requests, solver, c.max_new_tokens)
         summary = {"problems": len(problems), "requests": len(requests), "new": 0 if status else len(pending),

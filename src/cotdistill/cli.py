@@ -234,6 +234,7 @@ def evaluate(
     name: Annotated[Optional[str], _opt(E, "name")] = None,
     temperature: Annotated[float, _opt(E, "temperature")] = default_of(E, "temperature"),
     samples: Annotated[int, _opt(E, "samples")] = default_of(E, "samples"),
+    shots: Annotated[int, _opt(E, "shots")] = default_of(E, "shots"),
     max_new_tokens: MaxNewTokens = default_of(E, "max_new_tokens"),
     batch_size: BatchSize = default_of(E, "batch_size"),
     seed: Seed = default_of(E, "seed"),
@@ -261,7 +262,7 @@ def evaluate(
     uses_api = any(v.split("=", 1)[-1].startswith(PREFIX) for v in values)
     config = EvalConfig(model=single[0] if single else default_of(E, "model"), models=stages or None,
                         pipeline=pipeline, task=task, data=data, split=split, limit=limit, method=method, name=name,
-                        temperature=temperature, samples=samples, max_new_tokens=max_new_tokens,
+                        temperature=temperature, samples=samples, shots=shots, max_new_tokens=max_new_tokens,
                         batch_size=batch_size, seed=seed, fields=_pairs(field, "--field"),
                         options=_pairs(option, "--option"), api=api if uses_api else None, weak_sandbox=weak_sandbox)
     _show(run(run_dir, config))
@@ -427,6 +428,19 @@ def _where() -> str:
     return step + (f" ({', '.join(inputs)})" if inputs else "")
 
 
+def _disk_note() -> str:
+    """What a full disk looks like to the reader: libraries report it in their own words (torch's
+    checkpoint writer: `unexpected pos 164800 vs 164688`), so the free space is checked here."""
+    import shutil
+
+    run_dir = Path(_argument(sys.argv[1:], "--run-dir", "-r") or ".")
+    try:
+        free = shutil.disk_usage(run_dir if run_dir.is_dir() else ".").free
+    except OSError:
+        return ""
+    return f" (the disk is full: {free // 1024} KiB free at {run_dir})" if free < 64 * 2**20 else ""
+
+
 def _say(line: str) -> None:
     """The error line on stderr, on a line of its own: progress bars left open by the failure
     (the Trainer's, say) are closed first, as their last line has no newline."""
@@ -459,5 +473,5 @@ def main() -> None:
             traceback.print_exception(error)
         message = " ".join(str(error).split())[:300] or "(no message)"
         where = f"; traceback in {log}" if log else ""
-        _say(f"error: {_where()}: unexpected {type(error).__name__}: {message}{where}")
+        _say(f"error: {_where()}: unexpected {type(error).__name__}: {message}{_disk_note()}{where}")
         sys.exit(1)

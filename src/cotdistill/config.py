@@ -137,7 +137,8 @@ class AnnotateConfig(_Generation):
                                  "server), smollm2-135m, a model directory or hub id")
     prompts: str | Path | None = setting(None, "YAML file overriding the method's instruction and/or demonstrations")
     verify_with: str | None = setting(None, "decompose: keep a decomposition only if this solver model reaches the "
-                                            "gold answer with it")
+                                            "gold answer with it (the paper's filter: the teacher itself; gold "
+                                            "passes every gold decomposition)")
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -158,6 +159,15 @@ class EvalConfig(_Generation):
     pipeline: str = setting("single", "single, or a pipeline of the method's own with a model per stage "
                                       "(see `cotdistill methods`)")
     name: str | None = setting(None, "name of this eval run in the store and report")
+    shots: int = setting(0, "few-shot evaluation: the method's first N demonstrations as earlier chat turns "
+                            "(single pipeline; 0 = zero-shot)")
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.shots < 0:
+            raise CotdistillError(f"shots must be >= 0, not {self.shots}")
+        if self.shots and self.pipeline != "single":
+            raise CotdistillError(f"shots: few-shot prompts are for the single pipeline, not {self.pipeline}")
 
     @property
     def stages(self) -> dict[str, str]:

@@ -18,6 +18,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+from cotdistill import provenance
 from cotdistill.answers import extract_flexible, is_correct
 from cotdistill.config import EvalConfig, configure, default_of
 from cotdistill.errors import CotdistillError, EnvironmentProblem
@@ -39,16 +40,19 @@ def wilson_interval(successes: int, n: int, z: float = 1.96) -> tuple[float, flo
     return max(0.0, centre - half), min(1.0, centre + half)
 
 
-def evaluate(run_dir: str | Path, config: EvalConfig | str | None = None, **settings: Any) -> dict[str, float]:
+def evaluate(run_dir: str | Path, config: EvalConfig | str | None = None, *, scale: str | None = None,
+             **settings: Any) -> dict[str, float]:
     """Evaluate a pipeline on a task: `model` for the single-stage pipeline, or `models`
     (stage -> model: a student of this run by name, an alias, a directory, a hub id or
     openai:MODEL). `samples` > 1 with temperature > 0 adds self-consistency voting.
 
     `config` is an EvalConfig or a task name, and `settings` set its fields, so
-    `evaluate(run, "gsm8k", split="dev", model="cot")` reads as the CLI does."""
+    `evaluate(run, "gsm8k", split="dev", model="cot")` reads as the CLI does. The run's
+    record also keeps the commit, the machine and the recipe's `scale`, for the report's rows."""
     c = configure(EvalConfig, "eval", config, settings)
     the_task = get_task(c.task, c.fields, c.options)
     the_method = get_method(c.method)  # an unknown method fails here, before any data or model is loaded
+    the_method.demonstration_turns(c.shots)  # as do more shots than it has demonstrations
     owners = pipeline_owners(c.pipeline)
     if c.pipeline != "single" and c.pipeline not in the_method.pipelines and owners:  # a pipeline names its method
         raise CotdistillError(f"pipeline {c.pipeline} runs method {' or '.join(owners)}, not {c.method}: "
@@ -68,27 +72,29 @@ def evaluate(run_dir: str | Path, config: EvalConfig | str | None = None, **sett
     recorded = {"model": label, "model_path": paths.get("model", ""), "task": the_task.name, "split": c.split,
                 "data": data, "data_source": source, "model_versions": _versions(paths),
                 "method": c.method, "temperature": c.temperature, "seed": c.seed, "max_new_tokens": c.max_new_tokens,
-                "pipeline": c.pipeline, "models": c.stages, "samples": c.samples, "problems": len(problems)}
+                "pipeline": c.pipeline, "models": c.stages, "samples": c.samples, "shots": c.shots,
+                "problems": len(problems)}
     unknown_before = {key: recorded[key] for key in ("data", "model_versions", "seed")}  # records of schema 0 lack them
     with Store(run_dir) as store, store.lease(f"eval {run}", "wait for it to finish, then rerun to score what it left"):
         store.add_problems(problems)
         done = store.predicted(run)
         store.start_run(run, "eval", recorded, produced=bool(done),
                         defaults={"pipeline": default_of(EvalConfig, "pipeline"), "models": {"model": label},
-                                  "samples": default_of(EvalConfig, "samples"), **unknown_before})
+                                  "samples": default_of(EvalConfig, "samples"), "shots": 0, **unknown_before})
         pending = [p for p in problems if any((p.key, s) not in done for s in range(c.samples))]
         if pending:
             backends = {path: load_backend(path, c.api, c.batch_size) for path in dict.fromkeys(paths.values())}
             failed, sent, reason = _predict(store, run, pending, {stage: backends[path] for stage, path in paths.items()},
                                             c.pipeline, the_method, c.samples,
-                                            Settings(c.max_new_tokens, c.temperature, c.seed), c.batch_size * 4)
+                                            Settings(c.max_new_tokens, c.temperature, c.seed, c.shots), c.batch_size * 4)
             if failed:
                 raise EnvironmentProblem(
                     f"eval {run}: {failed} of {sent} requests failed ({reason}); their problems are not scored and "
                     "no accuracy was recorded: run the same command again to ask them again")
         metrics = score(store, run, problems)
         store.set_metrics(run, metrics)
-        store.finish_run(run, metrics)
+        store.finish_run(run, {**metrics, "commit": provenance.commit(), "machine": provenance.machine(),
+                               "scale": scale})
     return metrics
 
 
@@ -146,24 +152,44 @@ def _prediction(run: str, problem: Any, sample: int, trace: Trace) -> Prediction
                       sum(c.seconds for c in costs))
 
 
-def score(store: Store, run: str, problems: Sequence[Problem]) -> dict[str, float]:
-    """Metrics over this call's problems only, however many the run has predicted before.
-    With several samples per problem, the strict answer is their majority vote
-    (self-consistency) and costs add up over the samples."""
-    wanted = {p.key: p for p in problems}
+def _by_problem(store: Store, run: str, problems: Sequence[Problem]) -> dict[str, list[Prediction]]:
+    wanted = {p.key for p in problems}
     by_problem: dict[str, list[Prediction]] = {}
     for prediction in store.predictions(run):
         if prediction.problem_key in wanted:
             by_problem.setdefault(prediction.problem_key, []).append(prediction)
-    n = len(by_problem)
-    strict = flexible = no_answer = 0
+    return by_problem
+
+
+def outcomes(store: Store, run: str, problems: Sequence[Problem]) -> dict[str, tuple[str | None, bool, bool]]:
+    """Per predicted problem: (strict answer, strict correct, flexible correct), by majority
+    vote over its samples: what `score` counts, and what the report's paired test pairs."""
+    return _judged(_by_problem(store, run, problems), problems)
+
+
+def _judged(by_problem: dict[str, list[Prediction]],
+            problems: Sequence[Problem]) -> dict[str, tuple[str | None, bool, bool]]:
+    wanted = {p.key: p for p in problems}
+    result = {}
     for problem_key, predictions in by_problem.items():
         problem = wanted[problem_key]
         answer = vote([Trace(p.text, p.strict) for p in predictions], problem.kind)
-        strict += is_correct(answer, problem.answer, problem.kind)
-        flexible += is_correct(vote([Trace(p.text, p.flexible) for p in predictions], problem.kind),
-                               problem.answer, problem.kind)
-        no_answer += answer is None
+        flexible = vote([Trace(p.text, p.flexible) for p in predictions], problem.kind)
+        result[problem_key] = (answer, is_correct(answer, problem.answer, problem.kind),
+                              is_correct(flexible, problem.answer, problem.kind))
+    return result
+
+
+def score(store: Store, run: str, problems: Sequence[Problem]) -> dict[str, float]:
+    """Metrics over this call's problems only, however many the run has predicted before.
+    With several samples per problem, the strict answer is their majority vote
+    (self-consistency) and costs add up over the samples."""
+    by_problem = _by_problem(store, run, problems)
+    per_problem = _judged(by_problem, problems)
+    n = len(by_problem)
+    strict = sum(correct for _, correct, _ in per_problem.values())
+    flexible = sum(correct for _, _, correct in per_problem.values())
+    no_answer = sum(answer is None for answer, _, _ in per_problem.values())
     low, high = wilson_interval(strict, n)
     everything = [p for predictions in by_problem.values() for p in predictions]
     costs = store.stage_costs(run, set(by_problem))

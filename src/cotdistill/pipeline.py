@@ -62,6 +62,7 @@ class Settings:
     max_new_tokens: int = 256
     temperature: float = 0.0
     seed: int = 0
+    shots: int = 0  # the single pipeline: demonstrations before the question (few-shot evaluation)
 
 
 def call_stage(stage: str, backend: Backend, requests: list[Messages], traces: list[Trace], settings: Settings,

@@ -67,7 +67,7 @@ def load_recipe(path: str | Path, scale: str | None = None, settings: dict[str, 
         if not isinstance(arguments or {}, dict):
             raise CotdistillError(f"{path}: step {index} ({verb}): its arguments must be a mapping, not {arguments!r}")
         _check_arguments(path, index, verb, arguments or {})
-    recipe["path"] = str(path)
+    recipe["path"], recipe["scale"] = str(path), variables.get("scale")
     return recipe
 
 
@@ -249,6 +249,7 @@ def run_recipe(path: str | Path, run_dir: str | Path | None = None, console: Con
     for index, step in enumerate(recipe["steps"], start=1):
         verb, arguments = next(iter(step.items()))
         console.rule(f"[bold]step {index}/{len(recipe['steps'])}: {verb}")
-        result = STEPS[verb](run_dir, **(arguments or {}))
+        scale_of = {"scale": recipe["scale"]} if verb == "eval" else {}  # each report row names its scale
+        result = STEPS[verb](run_dir, **{**scale_of, **(arguments or {})})
         console.print(result)
     return run_dir

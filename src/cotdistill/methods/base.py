@@ -50,11 +50,15 @@ class Parsed:
 
 @dataclass(frozen=True)
 class Example:
-    """One supervised example: which student learns it (`role`), its prompt and its target."""
+    """One supervised example: which student learns it (`role`), its prompt and its target.
+    `demonstrations`: how many leading (user, assistant) turn pairs of `messages` are
+    in-context demonstrations, the only part training may drop to fit its token limit
+    (other earlier turns, e.g. a Socratic QA's answered sub-questions, are the problem)."""
 
     role: str
     messages: Messages
     completion: str
+    demonstrations: int = 0
 
 
 @dataclass(frozen=True)
@@ -120,11 +124,19 @@ class Method:
         return self.prompts.instruction.format(question=problem.question, answer_hint=ANSWER_HINT[problem.kind])
 
     def teacher_messages(self, problem: Problem) -> Messages:
+        return self.demonstration_turns(len(self.prompts.demonstrations)) + [
+            {"role": "user", "content": self.instruction(problem)}]
+
+    def demonstration_turns(self, shots: int) -> Messages:
+        """The first `shots` demonstrations as earlier chat turns: the teacher's prompt, and a
+        student's few-shot evaluation (eval `shots`, model specialization's in-context test)."""
+        if shots > len(self.prompts.demonstrations):
+            raise CotdistillError(f"method {self.name} has {len(self.prompts.demonstrations)} demonstrations, not "
+                                  f"{shots}: ask for fewer shots, or write more in a prompts file (--prompts)")
         messages: Messages = []
-        for question, reply in self.prompts.demonstrations:
+        for question, reply in self.prompts.demonstrations[:shots]:
             messages.append({"role": "user", "content": self.instruction(Problem("", question, ""))})
             messages.append({"role": "assistant", "content": reply})
-        messages.append({"role": "user", "content": self.instruction(problem)})
         return messages
 
     def student_messages(self, problem: Problem) -> Messages:
@@ -156,9 +168,11 @@ class Method:
     def run(self, pipeline: str, problems: Sequence[Problem], models: dict[str, Backend],
             settings: Settings) -> list[Trace]:
         """Answer by one of `pipelines` (already checked); here `single`: one call with the
-        student prompt. A method with more pipelines extends this in its own module."""
+        student prompt, after `settings.shots` demonstrations. A method with more pipelines
+        extends this in its own module."""
         traces = [Trace("", None) for _ in problems]
-        completions = call_stage("model", models["model"], [self.student_messages(p) for p in problems], traces,
+        shots = self.demonstration_turns(settings.shots)
+        completions = call_stage("model", models["model"], [shots + self.student_messages(p) for p in problems], traces,
                                  settings, self.stop)
         self.finish(traces, problems, completions)
         return traces

@@ -32,7 +32,8 @@ def default_device() -> str:
 
 
 def default_dtype(device: str) -> torch.dtype:
-    """bf16 where the hardware runs it fast; fp32 on CPU, where bf16 is ~80x slower."""
+    """bf16 on GPUs that run it fast; fp32 on CPU, where bf16's speed depends on the CPU
+    (benchmarks/cpu_bf16.py) and the decode loop packs fp32 weights."""
     if device == "cuda" and torch.cuda.is_bf16_supported():
         return torch.bfloat16
     return torch.float32

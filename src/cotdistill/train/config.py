@@ -69,7 +69,7 @@ class TrainConfig(TrainingArguments):
     train_sampling_strategy: str = "group_by_length"  # batches of similar length waste little compute on padding
     remove_unused_columns: bool = False
     report_to: str | list[str] | None = "tensorboard"
-    bf16: bool = field(default_factory=_bf16_available)  # bf16 on GPUs that have it; fp32 on CPU (bf16 is ~80x slower)
+    bf16: bool = field(default_factory=_bf16_available)  # bf16 on GPUs that have it; fp32 on CPU (bf16 training there unmeasured)
     seed: int = 0
     disable_tqdm: bool = False
     dataloader_pin_memory: bool = torch.cuda.is_available()  # pinning is for GPU copies only

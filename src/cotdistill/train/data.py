@@ -15,25 +15,75 @@ from typing import Any
 import torch
 
 from cotdistill.errors import CotdistillError
+from cotdistill.methods import Example
 from cotdistill.models import Messages, encode_prompt, render_completion
 from cotdistill.models.local import cut_text
 
 
-def tokenize_example(tokenizer: Any, messages: Messages, completion: str, max_length: int,
-                     seq2seq: bool = False) -> dict[str, Any]:
-    """input_ids and labels (-100 where no loss is taken). Causal: one sequence, prompt masked.
-    Seq2seq: the prompt is the encoder's input, the completion (+ EOS) the decoder's labels."""
-    messages = [{**m, "content": cut_text(tokenizer, m["content"], max_length)} for m in messages]  # before any
-    completion = cut_text(tokenizer, completion, max_length)  # allocation: only max_length tokens are kept
+def tokenize_example(tokenizer: Any, messages: Messages, completion: str, seq2seq: bool = False) -> dict[str, Any]:
+    """input_ids and labels (-100 where no loss is taken), uncut. Causal: one sequence, prompt
+    masked. Seq2seq: the prompt is the encoder's input, the completion (+ EOS) the decoder's
+    labels (`fit_example` holds each side within max_length)."""
     prompt_ids = encode_prompt(tokenizer, messages)  # exactly what generation is prompted with
     if seq2seq:
-        input_ids = prompt_ids[:max_length]
-        labels = tokenizer(completion, add_special_tokens=False)["input_ids"][: max_length - 1] + [tokenizer.eos_token_id]
-        return {"input_ids": input_ids, "labels": labels, "length": len(input_ids) + len(labels), "completion_start": 0}
+        labels = tokenizer(completion, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
+        return {"input_ids": prompt_ids, "labels": labels, "length": len(prompt_ids) + len(labels),
+                "completion_start": 0}
     completion_ids = tokenizer(render_completion(tokenizer, messages, completion), add_special_tokens=False)["input_ids"]
-    input_ids = (prompt_ids + completion_ids)[:max_length]
-    labels = ([-100] * len(prompt_ids) + completion_ids)[:max_length]
-    return {"input_ids": input_ids, "labels": labels, "length": len(input_ids), "completion_start": len(prompt_ids)}
+    return {"input_ids": prompt_ids + completion_ids, "labels": [-100] * len(prompt_ids) + completion_ids,
+            "length": len(prompt_ids) + len(completion_ids), "completion_start": len(prompt_ids)}
+
+
+def fit_example(tokenizer: Any, example: Example, max_length: int,
+                seq2seq: bool = False) -> tuple[dict[str, Any] | None, int]:
+    """The example tokenized within `max_length`, and how many demonstrations it dropped.
+
+    Nothing is ever cut from the end: a cut causal sequence loses its target (a few-shot
+    prompt of 4 GSM8K demonstrations fills 512 tokens before the target starts) and a cut
+    target teaches a reply that never reaches its answer. An example too long drops its
+    in-context demonstrations, farthest from the question first, until it fits; one that
+    does not fit without any is returned as None, for the caller to refuse with a count."""
+    messages, completion = _bounded(tokenizer, example, max_length)
+    for dropped in range(example.demonstrations + 1):
+        feature = tokenize_example(tokenizer, messages[2 * dropped:], completion, seq2seq)
+        if _needs(feature) <= max_length:
+            return feature, dropped
+    return None, example.demonstrations
+
+
+def _bounded(tokenizer: Any, example: Example, max_length: int) -> tuple[Messages, str]:
+    """Each text cut by characters before it is tokenized (a 50 MB line would otherwise cost
+    gigabytes to tokenize): a text past the cut holds more than max_length tokens, so the
+    cut changes no example that fits, only the work of finding out that one does not."""
+    messages = [{**m, "content": cut_text(tokenizer, m["content"], max_length)} for m in example.messages]
+    return messages, cut_text(tokenizer, example.completion, max_length)
+
+
+def _needs(feature: dict[str, Any]) -> int:
+    """The max_length an example needs: its sequence (causal), its longer side (seq2seq)."""
+    return max(len(feature["input_ids"]), len(feature["labels"]))
+
+
+def fit_examples(tokenizer: Any, examples: Sequence[Example], max_length: int,
+                 seq2seq: bool = False) -> tuple[list[dict[str, Any]], int]:
+    """Every example fitted (see `fit_example`), and how many dropped demonstrations to fit;
+    if any cannot fit, one error with their count and the length that would hold them all."""
+    features, shortened, too_long = [], 0, []
+    for example in examples:
+        feature, dropped = fit_example(tokenizer, example, max_length, seq2seq)
+        if feature is None:
+            messages, completion = _bounded(tokenizer, example, max_length)
+            too_long.append(_needs(tokenize_example(tokenizer, messages[2 * example.demonstrations:], completion,
+                                                    seq2seq)))
+            continue
+        features.append(feature)
+        shortened += dropped > 0
+    if too_long:
+        raise CotdistillError(
+            f"{len(too_long)} of {len(examples)} training examples do not fit max_length={max_length} tokens even "
+            f"without demonstrations (the longest needs {max(too_long)}); examples are never cut, since a cut one "
+            f"loses its target: raise max_length to {max(too_long)}, or train on shorter rationales")
+    return features, shortened
 
 
 def _pad(rows: Sequence[Sequence[Any]], fill: Any) -> list[list[Any]]:

@@ -14,7 +14,8 @@ LEARNING_RATE = {True: 1e-3, False: 5e-5}  # LoRA on small models; full fine-tun
 FIELDS: dict[str, tuple[Any, str]] = {
     "model_type": ("auto", "auto (from the model's config), causal or seq2seq; a recipe written for one refuses the other"),
     "lora": (True, "train LoRA adapters (peft) instead of all weights"),
-    "max_length": (512, "prompt + completion tokens (each side for seq2seq); longer examples are cut from the end"),
+    "max_length": (512, "prompt + completion tokens (each side for seq2seq); a longer example drops in-context "
+                          "demonstrations to fit, never its target, and one that cannot fit is an error"),
     "check_memory": (True, "refuse, before the first step, a run whose estimated peak memory exceeds what is available"),
     "learning_rate": (None, f"peak learning rate; default {LEARNING_RATE[True]:g} with LoRA, "
                             f"{LEARNING_RATE[False]:g} for full fine-tuning"),
@@ -30,7 +31,7 @@ FIELDS: dict[str, tuple[Any, str]] = {
     "kd_teacher": (None, "kd: a local teacher model with the student's tokenizer (white-box, full vocabulary); "
                          "without it, the teacher top-k log-probs stored at annotation"),
     "formats": (None, f"model specialization: comma-separated formats to mix, one per batch ({', '.join(FORMATS)})"),
-    "demonstrations": (4, "in-context examples in few-shot formats"),
+    "demonstrations": (4, "in-context examples in few-shot formats (fewer where max_length needs it)"),
     "dev_task": (None, "evaluate each checkpoint on this task and keep the best (its problems never train)"),
     "dev_data": (None, "local JSONL/JSON/CSV file of the dev task"),
     "dev_split": ("test", "split of the dev task; a slice such as dev[400:] takes part of one"),

@@ -36,7 +36,7 @@ def format_examples(items: Sequence[tuple[Problem, str]], formats: Sequence[str]
                     messages, target = _one(items[j], kind)
                     turns += messages + [{"role": "assistant", "content": target}]
             messages, target = _one(items[index], kind)
-            out.append((group, Example(name, turns + messages, target)))
+            out.append((group, Example(name, turns + messages, target, demonstrations=len(turns) // 2)))
     return out
 
 

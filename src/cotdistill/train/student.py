@@ -32,7 +32,7 @@ from cotdistill.store import Annotation, Store, student_dir
 from cotdistill.tasks import Problem, get_task
 from cotdistill.train.config import TrainConfig
 from cotdistill.train import memory
-from cotdistill.train.data import TokenMap, check_teacher_tokens, tokenize_example
+from cotdistill.train.data import TokenMap, check_teacher_tokens, fit_example
 from cotdistill.train.fields import default_learning_rate
 from cotdistill.train.formats import format_examples
 from cotdistill.train.objectives import OBJECTIVES
@@ -98,7 +98,8 @@ def train(
         if main:
             tokenizer.save_pretrained(output)
             summary = _summary(trainer, loss, seconds, last, len(dev), student=student, method=method, roles=roles,
-                               objective=args.objective, examples=len(items), lora=args.lora)
+                               objective=args.objective, examples=len(items), lora=args.lora,
+                               examples_shortened=trainer.shortened)
             (output / "cotdistill.json").write_text(json.dumps(summary, indent=2))
             store.finish_run(run_name, summary)
     return output
@@ -301,13 +302,14 @@ def _check_finite_logprobs(annotations: list[Annotation], source: str) -> None:
 
 
 def _longest(items: list[Any], model: Any, tokenizer: Any, args: TrainConfig) -> int:
-    """Tokens in the longest training sequence, capped at max_length: what the largest padded
-    batch holds (the 50 longest by characters are tokenized, the rest cannot be longer by much)."""
+    """Tokens in the longest training sequence as fitted to max_length: what the largest padded
+    batch holds (the 50 longest by characters are tokenized, the rest cannot be longer by much;
+    one that cannot fit is refused with a count when the trainer tokenizes them all)."""
     examples = [e for item in items for e in (item.values() if isinstance(item, dict) else [item])]
     longest = sorted(examples, key=lambda e: len(e.completion) + sum(len(m["content"]) for m in e.messages))[-50:]
     seq2seq = bool(getattr(model.config, "is_encoder_decoder", False))
-    return max((tokenize_example(tokenizer, e.messages, e.completion, args.max_length, seq2seq)["length"]
-                for e in longest), default=1)
+    fitted = [fit_example(tokenizer, e, args.max_length, seq2seq)[0] for e in longest]
+    return max((f["length"] for f in fitted if f is not None), default=1)
 
 
 def _dev_problems(args: TrainConfig) -> list[Problem]:

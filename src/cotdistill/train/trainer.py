@@ -19,7 +19,7 @@ from cotdistill.errors import CotdistillError
 from cotdistill.methods import Example
 from cotdistill.train import objectives
 from cotdistill.train.config import TrainConfig
-from cotdistill.train.data import Collator, FormatBatchSampler, TokenMap, add_teacher_distribution, tokenize_example
+from cotdistill.train.data import Collator, FormatBatchSampler, TokenMap, add_teacher_distribution, fit_examples
 
 CRITIC_FILE = "mi_critic.pt"
 
@@ -173,15 +173,15 @@ def make_trainer(model: Any, tokenizer: Any, config: TrainConfig, items: Sequenc
             raise CotdistillError(f"lora_target_modules={config.lora_target_modules!r}: {str(error).split('.')[0]} "
                                   f"(this model's linear layers: all-linear, {', '.join(linear)})") from None
 
-    def tokenize(example: Example) -> dict[str, Any]:
-        return tokenize_example(tokenizer, example.messages, example.completion, config.max_length, seq2seq)
-
+    examples = [e for item in items for e in ([item] if isinstance(item, Example) else [item["label"], item["rationale"]])]
+    fitted, shortened = fit_examples(tokenizer, examples, config.max_length, seq2seq)
     features: list[dict[str, Any]] = []
+    stream = iter(fitted)
     for item in items:
         if isinstance(item, Example):
-            features.append(tokenize(item))
+            features.append(next(stream))
         else:
-            pair = {task: tokenize(item[task]) for task in ("label", "rationale")}
+            pair = {"label": next(stream), "rationale": next(stream)}
             features.append({**pair, "length": pair["label"]["length"] + pair["rationale"]["length"]})
     if teacher_logprobs is not None:
         token_map = TokenMap(tokenizer)
@@ -192,6 +192,8 @@ def make_trainer(model: Any, tokenizer: Any, config: TrainConfig, items: Sequenc
         critic = critic.to(config.device)
     if teacher is not None:
         teacher.eval().requires_grad_(False)
-    return DistillTrainer(model=model, args=config, train_dataset=features, data_collator=Collator(tokenizer.pad_token_id),
-                          eval_dataset=[] if dev else None,  # evaluation generates on `dev`'s problems instead
-                          teacher=teacher, critic=critic, groups=groups, dev=dev)
+    trainer = DistillTrainer(model=model, args=config, train_dataset=features, data_collator=Collator(tokenizer.pad_token_id),
+                             eval_dataset=[] if dev else None,  # evaluation generates on `dev`'s problems instead
+                             teacher=teacher, critic=critic, groups=groups, dev=dev)
+    trainer.shortened = shortened  # examples that dropped demonstrations to fit max_length: the run's record says so
+    return trainer
