@@ -10,7 +10,9 @@ tokenizer and a `cotdistill.json` of what produced it land in `RUN_DIR/students/
 from __future__ import annotations
 
 import json
+import sys
 import time
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import MISSING, fields
 from pathlib import Path
@@ -43,6 +45,7 @@ def train(
     task: str | None = None,
     split: str | None = "train",
     roles: list[str] | None = None,
+    teacher: str | None = None,
     callbacks: Sequence[TrainerCallback] = (),
     **config: Any,
 ) -> Path:
@@ -52,6 +55,8 @@ def train(
     `unified`; decompose `decomposer` or `solver`); default: the method's `train_roles`.
     `config` takes any `TrainConfig` field: the objective (sft, multitask, mi, kd) and its
     weights, formats to mix, a dev set, LoRA, and every TrainingArguments field.
+    `teacher` takes only that teacher's annotations; without it, every teacher's, and the
+    summary counts each one's (`teachers`), which the report shows.
     """
     output = student_dir(run_dir, name)
     try:  # bad settings fail before anything is opened or registered
@@ -60,7 +65,8 @@ def train(
         raise CotdistillError(f"train: {error}") from None
     run_name = f"train:{name}"
     the_method = get_method(method)
-    settings, defaults = _recorded(args, config, student=student, method=method, task=task, split=split, roles=roles)
+    settings, defaults = _recorded(args, config, student=student, method=method, task=task, split=split, roles=roles,
+                                   teacher=teacher)
     roles = list(roles or the_method.train_roles)
     produced = any((output / "checkpoints").glob("checkpoint-*"))
     with Store(run_dir) as store:
@@ -69,7 +75,11 @@ def train(
         if previous and previous["status"] == "done" and (output / "cotdistill.json").is_file():
             return output
         _check_objective(args, the_method, roles)
-        dev, pairs = _setup_data(args, store, the_method, roles, task, split)
+        dev, pairs = _setup_data(args, store, the_method, roles, task, split, teacher)
+        teachers = dict(Counter(a.teacher for a in {a.key: a for a, _ in pairs}.values()).most_common())
+        if len(teachers) > 1:  # allowed (more data), but never silent: the report shows it too
+            print(f"train {name}: annotations of {len(teachers)} teachers mixed ("
+                  + ", ".join(f"{t} {n}" for t, n in teachers.items()) + "); --teacher NAME takes one", file=sys.stderr)
         model, tokenizer = _setup_model(args, student)
         teacher = _kd_teacher(args, tokenizer) if OBJECTIVES[args.objective].teacher_model and args.kd_teacher else None
         items, logprobs, groups = _items(args, store, the_method, pairs, tokenizer, teacher)
@@ -84,7 +94,7 @@ def train(
         if main:
             tokenizer.save_pretrained(output)
             summary = _summary(trainer, loss, seconds, last, len(dev), student=student, method=method, roles=roles,
-                               objective=args.objective, examples=len(items), lora=args.lora)
+                               objective=args.objective, examples=len(items), lora=args.lora, teachers=teachers)
             (output / "cotdistill.json").write_text(json.dumps(summary, indent=2))
             store.finish_run(run_name, summary)
     return output
@@ -103,17 +113,18 @@ def _recorded(args: TrainConfig, config: dict[str, Any], **run: Any) -> tuple[di
     """The run's settings as given (one left out stands for its TrainConfig default, the
     store's rule), with the learning rate the mode resolved; and those defaults."""
     settings = {**run, "roles": run["roles"] or None, **config, "learning_rate": args.learning_rate}
-    defaults = {"roles": None, **{f.name: f.default for f in fields(TrainConfig) if f.default is not MISSING},
+    defaults = {"roles": None, "teacher": None, **{f.name: f.default for f in fields(TrainConfig) if f.default is not MISSING},
                 "learning_rate": default_learning_rate(args.lora)}
     return settings, defaults
 
 
 def _setup_data(args: TrainConfig, store: Store, method: Method, roles: list[str], task: str | None,
-                split: str | None) -> tuple[list[Problem], list[tuple[Annotation, Any]]]:
+                split: str | None, teacher: str | None = None) -> tuple[list[Problem], list[tuple[Annotation, Any]]]:
     """The dev problems (if any) and the stored (annotation, example) pairs to train on,
     without a dev problem among them."""
     dev_task, dev = _dev_problems(args)
-    pairs = stored_examples(store, method, roles, task, split, **({"gold_label": True} if args.gold_label else {}))
+    pairs = stored_examples(store, method, roles, task, split, teacher,
+                            **({"gold_label": True} if args.gold_label else {}))
     dev_ids = {(dev_task, args.dev_split, p.id) for p in dev}
     return dev, [(a, e) for a, e in pairs if (a.task, a.split, a.problem_id) not in dev_ids]
 
