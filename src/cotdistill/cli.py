@@ -292,6 +292,7 @@ def evaluate(
     max_retries: MaxRetries = default_of(API, "max_retries"),
     price_input: PriceInput = default_of(API, "price_input"),
     price_output: PriceOutput = default_of(API, "price_output"),
+    endpoint: Endpoint = default_of(API, "endpoint"),
 ) -> None:
     """Evaluate a pipeline: accuracy (strict and flexible, 95% CI) and cost per stage (calls, tokens, time, FLOPs, USD)."""
     from cotdistill.evaluate import evaluate as run
@@ -302,7 +303,7 @@ def evaluate(
     if len(single) > 1 or (single and stages):
         raise CotdistillError("--model: give one MODEL, or STAGE=MODEL for each stage")
     api = {"base_url": base_url, "api_key_env": api_key_env, "concurrency": concurrency, "timeout": timeout,
-           "max_retries": max_retries, "price_input": price_input, "price_output": price_output}
+           "max_retries": max_retries, "price_input": price_input, "price_output": price_output, "endpoint": endpoint}
     uses_api = any(v.split("=", 1)[-1].startswith(PREFIX) for v in values)
     config = EvalConfig(model=single[0] if single else default_of(E, "model"), models=stages or None,
                         pipeline=pipeline, task=task, data=data, split=split, limit=limit, method=method, name=name,

@@ -60,7 +60,7 @@ class APIConfig:
     max_cost: float | None = setting(None, "hard cap on the job's spend in USD (earlier runs of the same job count)")
     max_tokens: int | None = setting(None, "hard cap on the job's prompt + completion tokens")
     endpoint: str = setting("chat", "chat (/chat/completions) or completions (/completions: the prompt as plain "
-                                    "text, for base models without a chat template)")
+                                    "text, a blank line ends the reply; for base models without a chat template)")
 
     def __post_init__(self) -> None:
         if "://" in self.model:
@@ -315,6 +315,8 @@ class OpenAITeacher:
         chat = self.config.endpoint == "chat"
         request: dict[str, Any] = {"model": self.config.model, "temperature": temperature, "seed": seed}
         request.update({"messages": messages} if chat else {"prompt": plain_prompt(messages)})
+        if not chat:  # in the plain layout a blank line ends a reply: a base model goes on to a next question
+            stop = list(dict.fromkeys(["\n\n", *stop]))
         if stop:
             request["stop"] = list(stop)[:4]  # OpenAI accepts at most four
         if self.config.top_logprobs:
