@@ -269,3 +269,18 @@ def test_the_dry_run_scales_with_the_recipe_and_counts_gold_as_free(tmp_path):
     annotate = next(c for c in full if c.verb == "annotate")
     assert annotate.usd == pytest.approx((annotate.prompt_tokens + 2 * annotate.completion_tokens) / 1e6)
     assert annotate.hours is None  # a served teacher's pace is not known until given
+
+
+def test_recipes_name_shows_each_variable_per_scale_and_copy_writes_a_runnable_folder(tmp_path):
+    from typer.testing import CliRunner
+
+    from cotdistill.cli import app
+
+    shown = CliRunner().invoke(app, ["recipes", "kpdd"], env={"COLUMNS": "250"})
+    assert shown.exit_code == 0, shown.output
+    assert re.search(r"│ train_limit\s+│ 200\s+│ None\s+│ training problems", shown.output)
+    assert re.search(r"│ base_url\s+│ None\s+│ None\s+│ openai: teachers: the server", shown.output)
+    copied = CliRunner().invoke(app, ["recipes", "copy", "kpdd", str(tmp_path / "mine")])
+    assert copied.exit_code == 0 and f"cotdistill run {tmp_path / 'mine' / 'kpdd.yaml'}" in copied.output
+    unknown = CliRunner().invoke(app, ["recipes", "kpd"])
+    assert unknown.exit_code != 0 and "did you mean kpdd?" in str(unknown.exception)

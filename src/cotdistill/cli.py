@@ -393,7 +393,8 @@ def recipes(
         if len(words) != 3:
             raise CotdistillError("usage: cotdistill recipes copy NAME DIR")
         written = copy_recipe(words[1], words[2])
-        console.print(f"written: {', '.join(map(str, written))}\nrun it with: cotdistill run {written[0]}")
+        console.print(f"written: {', '.join(map(str, written))}\nrun it with: cotdistill run {written[0]}",
+                      soft_wrap=True, highlight=False)
         return
     if len(words) > 1:
         raise CotdistillError("usage: cotdistill recipes [NAME] | cotdistill recipes copy NAME DIR")
