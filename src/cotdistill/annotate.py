@@ -12,8 +12,9 @@ the first failure's reason, so a recipe stops there.
 
 A weak teacher should not be a black box: the progress bar shows kept and rejected replies
 and each retry's cause as they happen; wrong replies that state a few-shot demonstration's
-answer are counted (a base model copying its examples), and the summary's `warnings` say when most replies were cut at the token limit, copied a
-demonstration, or none was kept, with what to change. `cotdistill annotations` lists them.
+answer are counted (a base model copying its examples); the summary's `warnings` say when
+most replies were cut at the token limit, many copied a demonstration, or none was kept,
+with what to change. `cotdistill annotations` lists the replies and their reasons.
 
 Teachers: `gold` (the task's own reference reasoning, replayed through the same parser),
 `openai:MODEL` (any OpenAI-compatible server), or a local model (the embedded alias, a
@@ -26,6 +27,7 @@ import queue
 import sys
 import threading
 import time
+from collections import Counter
 from collections.abc import Sequence
 from contextlib import nullcontext
 from dataclasses import dataclass
@@ -34,10 +36,10 @@ from typing import Any
 
 from tqdm.auto import tqdm
 
+from cotdistill.answers import normalize
 from cotdistill.config import GOLD, AnnotateConfig, configure
 from cotdistill.errors import CotdistillError, EnvironmentProblem
 from cotdistill.methods import Method, get_method
-from cotdistill.answers import normalize
 from cotdistill.methods.base import check_answer
 from cotdistill.models import Completion, Messages
 from cotdistill.models.openai_api import PREFIX as API_PREFIX
@@ -148,7 +150,8 @@ def _ask(c: AnnotateConfig, api: APIConfig | None, method: Method, pending: Sequ
     stop = [*method.stop, *(c.stop or [])]
     if api is not None:
         budget = Budget(api, spent["cost"], spent["prompt_tokens"] + spent["completion_tokens"])
-        backend = OpenAITeacher(api, on_retry=writer.retried)
+        backend = OpenAITeacher(api, on_retry=lambda cause: writer.show())
+        writer.retries = backend.retry_causes  # shown live beside kept / rejected
         counts = backend.run([(r.messages, c.seed + r.sample) for r in pending], c.max_new_tokens, c.temperature,
                              stop, budget, lambda i, completion: writer.add(pending[i], completion))
         result = {"failed": counts["failed"], "refused": counts["refused"], "retries": backend.retries,
@@ -182,7 +185,7 @@ class _Writer:
         self.error: BaseException | None = None
         self.kept = self.rejected = 0
         self.copied = 0  # wrong replies of this run that state a demonstration's answer
-        self.retries: dict[str, int] = {}
+        self.retries: Counter[str] = Counter()  # a server teacher's retry causes
         self._demo_answers: set[str] | None = None
         self.thread = threading.Thread(target=self._run, name="annotation-writer", daemon=True)
         self.thread.start()
@@ -195,16 +198,15 @@ class _Writer:
     def count(self, status: dict[str, Any]) -> None:
         """Start the kept / rejected counts from what earlier runs stored."""
         self.kept, self.rejected = status["kept"], status["rejected"]
-        self._show()
+        self.show()
 
-    def retried(self, cause: str) -> None:
-        self.retries[cause] = self.retries.get(cause, 0) + 1
-        self._show()
-
-    def _show(self) -> None:
-        retries = ", ".join(f"{cause} x{n}" for cause, n in self.retries.items())
+    def show(self) -> None:
+        """kept / rejected and the retry causes so far, on the progress bar (tqdm redraws it at
+        its own pace). Called from the writer and the client threads: list() copies the
+        counter in one step."""
+        retries = ", ".join(f"{cause} x{n}" for cause, n in list(self.retries.items()))
         self.bar.set_postfix_str(f"kept {self.kept}, rejected {self.rejected}" + (f", retries: {retries}" if retries else ""),
-                                 refresh=False)  # tqdm redraws at its own pace
+                                 refresh=False)
 
     def close(self) -> None:
         """Write what is queued and stop; re-raises a failure of the writer thread."""
@@ -257,7 +259,7 @@ class _Writer:
         self.store.add_annotations(rows)
         kept = sum(row.kept for row in rows)
         self.kept, self.rejected = self.kept + kept, self.rejected + len(rows) - kept
-        self._show()
+        self.show()
         self.bar.update(len(rows))
 
     def _demonstration_answers(self, problem: Problem) -> set[str]:
