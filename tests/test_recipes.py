@@ -245,7 +245,7 @@ def test_a_full_scale_dry_run_with_a_served_teacher_prints_tokens_and_time_and_w
     assert result.exit_code == 0, result.output
     assert sorted(tmp_path.rglob("*")) == before  # no run directory, no store
     total = re.search(r"total: ([\d,]+) teacher requests, ([\d,]+) prompt \+ ~([\d,]+) completion tokens; "
-                      r"([\d,]+) training tokens; ([\d,]+) evaluation calls; ([\d.]+) hours; \$([\d.]+)", result.output)
+                      r"([\d,]+) training tokens over all epochs; ([\d,]+) evaluation calls; ([\d.]+) hours; \$([\d.]+)", result.output)
     assert total, result.output
     requests, prompt, completion, training, calls = (int(g.replace(",", "")) for g in total.groups()[:5])
     annotates = sum(1 for step in load_recipe(name, "full")["steps"] if "annotate" in step)

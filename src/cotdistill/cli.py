@@ -370,7 +370,7 @@ def _dry_run(recipe: str, scale: str | None, settings: dict[str, Any], price: st
     usd = [c.usd for c in costs]
     console.print(f"total: {sum(c.teacher_requests for c in costs):,} teacher requests, "
                   f"{sum(c.prompt_tokens for c in costs):,} prompt + ~{sum(c.completion_tokens for c in costs):,} "
-                  f"completion tokens; {sum(int(c.train_tokens * c.epochs) for c in costs):,} training tokens; "
+                  f"completion tokens; {sum(int(c.train_tokens * c.epochs) for c in costs):,} training tokens over all epochs; "
                   f"{sum(c.eval_calls for c in costs):,} evaluation calls; "
                   f"{sum(h for h in hours if h is not None):,.1f} hours"
                   + (" + the teacher's (give --pace teacher=TOKENS_PER_S)" if None in hours else "") + "; "
