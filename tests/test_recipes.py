@@ -214,7 +214,7 @@ def math_data(folder):
         "gsm8k/train.jsonl": "".join(json.dumps(r) + "\n" for r in gsm8k),
         "gsm8k/train_socratic.jsonl": "".join(json.dumps(r) + "\n" for r in socratic),
         "svamp/SVAMP.json": json.dumps([{"ID": f"s{i}", "Body": f"Ann has {i} pens.", "Question": "How many pens?",
-                                         "Equation": f"{i}", "Answer": i} for i in range(5)]),
+                                         "Equation": f"{i}", "Answer": i} for i in range(902)]),  # [900:] chooses checkpoints
         "asdiv/ASDiv.xml": '<?xml version="1.0"?><Machine-Reading-Corpus-File><ProblemSet><Problem ID="a1">'
                            "<Body>Seven apples.</Body><Question>How many?</Question><Solution-Type>x</Solution-Type>"
                            "<Answer>7</Answer><Formula>7=7</Formula></Problem></ProblemSet></Machine-Reading-Corpus-File>",

@@ -167,8 +167,8 @@ def bundled_recipes() -> dict[str, str]:
 def _variables(path: Path, recipe: dict[str, Any], scale: str | None, settings: dict[str, Any]) -> dict[str, Any]:
     base, scales, _ = _sizes(path, recipe)
     if scale is not None and scale not in scales:
-        raise CotdistillError(f"{path}: no scale {scale!r}" + (f" (scales: {', '.join(scales)})" if scales
-                                                                else " (this recipe has one size)"))
+        raise CotdistillError(f"{path}: no scale {scale!r}{_did_you_mean(scale, scales)}"
+                              + (f" (scales: {', '.join(scales)})" if scales else " (this recipe has one size)"))
     scale = scale if scale is not None else next(iter(scales), None)
     raw = {**base, **(scales[scale] if scale else {}), **settings}
     if scale:
