@@ -152,3 +152,14 @@ def test_train_takes_one_teachers_data_and_the_report_names_a_mix(tmp_path, tiny
     assert "- gold-only: gold (6 annotations)\n" in markdown
     assert "- mixed: gold (6 annotations) + openai:t (4 annotations); teachers mixed" in markdown
     assert "Where gold stands in for an LLM teacher" in markdown and "human-written solutions" in markdown
+
+
+def test_a_teacher_that_keeps_almost_nothing_is_named_with_its_commonest_reasons():
+    from cotdistill.annotate import _warnings
+    from cotdistill.config import AnnotateConfig
+
+    summary = {"done": 80, "kept": 1, "new": 80, "copied_a_demonstration": 1,
+               "rejected_by_reason": {"no final answer statement": 42, "wrong answer": 36, "cut off at max_new_tokens": 1}}
+    (warning,) = _warnings(summary, AnnotateConfig(), "runs/x")
+    assert warning.startswith("only 1 of 80 replies were kept (42 no final answer statement, 36 wrong answer, 1 cut")
+    assert "cotdistill annotations -r runs/x --rejected" in warning

@@ -123,7 +123,7 @@ def annotate(run_dir: str | Path, config: AnnotateConfig | str | None = None, *,
 
 def _warnings(summary: dict[str, Any], c: AnnotateConfig, run_dir: str | Path) -> list[str]:
     """What the replies so far say about the teacher, and what to change: most cut at the
-    token limit, many copying a demonstration, none kept."""
+    token limit, many copying a demonstration, few or none kept."""
     done, reasons = summary["done"], summary["rejected_by_reason"]
     warnings = []
     cut, copied = reasons.get(CUT_OFF, 0), summary.get("copied_a_demonstration", 0)
@@ -133,8 +133,10 @@ def _warnings(summary: dict[str, Any], c: AnnotateConfig, run_dir: str | Path) -
     if copied >= max(2, summary["new"] / 5):
         warnings.append(f"{copied} of {summary['new']} new replies gave a few-shot demonstration's answer, wrong here: "
                         "the teacher copies its examples (a base model?); try a stronger or instruction-tuned teacher")
-    if done and not summary["kept"]:
-        warnings.append(f"no reply was kept ({done} rejected): see `cotdistill annotations -r {run_dir} --rejected`")
+    if done >= 10 and summary["kept"] < done / 10 or done and not summary["kept"]:
+        top = ", ".join(f"{n} {reason}" for reason, n in sorted(reasons.items(), key=lambda item: -item[1])[:3])
+        warnings.append(f"only {summary['kept']} of {done} replies were kept ({top}): a teacher this weak teaches "
+                        f"little; see `cotdistill annotations -r {run_dir} --rejected`")
     return warnings
 
 
