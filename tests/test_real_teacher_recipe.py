@@ -43,6 +43,6 @@ def test_a_paper_recipe_runs_end_to_end_with_a_served_teacher(tmp_path, tiny_mod
     assert kept >= 1, [r.text for r in replies]  # the served 135M model adds 2 to a small number
     assert all(s["teachers"] == {"openai:smollm2": kept} for s in students.values())
     report = (run_dir / "report.md").read_text()
-    assert f"- cot: openai:smollm2 ({kept} annotations)" in report and "gold stands in" not in report
+    assert f"- cot: openai:smollm2 ({kept} annotation" in report and "gold stands in" not in report
     assert "| mixed-ood-dev:gsm8k:dev[:400] |" in report or "mixed-ood-dev" in report
     assert plain["done"] == 2 and plain["completion_tokens"] > 0  # /v1/completions, plain text

@@ -147,7 +147,7 @@ def _teachers(trainings: list[dict[str, Any]]) -> list[str]:
         teachers = result.get("teachers") or {}
         if not teachers:  # trained before students recorded their teachers
             continue
-        mix = " + ".join(f"{name} ({n} annotations)" for name, n in teachers.items())
+        mix = " + ".join(f"{name} ({n} annotation{'s' if n != 1 else ''})" for name, n in teachers.items())
         lines.append(f"- {t['name'].removeprefix('train:')}: {mix}" + ("; teachers mixed" if len(teachers) > 1 else ""))
         if GOLD in teachers and result["method"] not in gold_methods:
             gold_methods.append(result["method"])
