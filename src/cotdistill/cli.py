@@ -130,7 +130,7 @@ def annotate(
                             samples=samples, temperature=temperature, max_new_tokens=max_new_tokens, seed=seed,
                             batch_size=batch_size, fields=_pairs(field, "--field"), options=_pairs(option, "--option"),
                             prompts=prompts, api=api, verify_with=verify_with, weak_sandbox=weak_sandbox,
-                            stop=[s.encode().decode("unicode_escape") for s in stop] if stop else None)
+                            stop=[s.replace("\\n", "\n").replace("\\t", "\t") for s in stop] if stop else None)
     _show(run(run_dir, config, status=status))
 
 
