@@ -27,7 +27,7 @@ def test_a_paper_recipe_runs_end_to_end_with_a_served_teacher(tmp_path, tiny_mod
     try:
         run_dir = run_recipe("specialization", tmp_path / "run", scale="small", settings={
             "teacher": "openai:smollm2", "base_url": url, "concurrency": 1, "teacher_temperature": 0.0,
-            "teacher_max_new_tokens": 48, "student": str(tiny_model), "data": str(data), "train_limit": 12,
+            "teacher_max_new_tokens": 48, "student": str(tiny_model), "data": str(data), "train_limit": 20,
             "select_limit": 2, "save_steps": 1, "max_new_tokens": 8, "eval_batch_size": 4, "batch_size": 4,
             "evals": [{"task": "gsm8k", "data": f"{data}/gsm8k/train.jsonl", "split": "dev[:400]", "limit": 2}]})
         plain = annotate(tmp_path / "plain", "arith", limit=2, teacher="openai:smollm2", max_new_tokens=24,
@@ -37,7 +37,7 @@ def test_a_paper_recipe_runs_end_to_end_with_a_served_teacher(tmp_path, tiny_mod
     with Store(run_dir) as store:
         replies = store.annotations("cot", kept_only=False)
         students = {name: store.run(f"train:{name}")["result"] for name in ("cot", "mixed-id-dev", "mixed-ood-dev")}
-    assert len(replies) == 12 and {r.teacher for r in replies} == {"openai:smollm2"}
+    assert len(replies) == 20 and {r.teacher for r in replies} == {"openai:smollm2"}
     assert all(r.prompt_tokens > 0 and r.completion_tokens > 0 for r in replies)
     kept = sum(r.kept for r in replies)
     assert kept >= 1, [r.text for r in replies]  # the served 135M model adds 2 to a small number
