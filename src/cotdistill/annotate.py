@@ -10,6 +10,12 @@ recorded as done. Refusals are counted in the summary with the first one's messa
 that failed every retry (a server down or failing) end the command with exit code 1 and
 the first failure's reason, so a recipe stops there.
 
+A weak teacher should not be a black box: the progress bar shows kept and rejected replies
+and each retry's cause as they happen; wrong replies that state a few-shot demonstration's
+answer are counted (a base model copying its examples); the summary's `warnings` say when
+most replies were cut at the token limit, many copied a demonstration, or none was kept,
+with what to change. `cotdistill annotations` lists the replies and their reasons.
+
 Teachers: `gold` (the task's own reference reasoning, replayed through the same parser),
 `openai:MODEL` (any OpenAI-compatible server), or a local model (the embedded alias, a
 directory, a hub id).
@@ -18,8 +24,10 @@ directory, a hub id).
 from __future__ import annotations
 
 import queue
+import sys
 import threading
 import time
+from collections import Counter
 from collections.abc import Sequence
 from contextlib import nullcontext
 from dataclasses import dataclass
@@ -28,6 +36,7 @@ from typing import Any
 
 from tqdm.auto import tqdm
 
+from cotdistill.answers import normalize
 from cotdistill.config import GOLD, AnnotateConfig, configure
 from cotdistill.errors import CotdistillError, EnvironmentProblem
 from cotdistill.methods import Method, get_method
@@ -40,6 +49,7 @@ from cotdistill.store import Annotation, Store, model_in_run, request_key
 from cotdistill.tasks import Problem, get_task
 
 FLUSH_ROWS, FLUSH_SECONDS = 64, 0.5
+CUT_OFF = "cut off at max_new_tokens"
 
 
 @dataclass(frozen=True)
@@ -96,10 +106,12 @@ def annotate(run_dir: str | Path, config: AnnotateConfig | str | None = None, *,
             if pending and not status:
                 with tqdm(total=len(requests), initial=len(done), desc=f"annotate {c.method}", unit="req") as bar:
                     writer = _Writer(store, the_task.name, c.split, the_method, c.teacher, bar)
+                    writer.count(store.annotation_status(keys))
                     try:  # what finished is stored even when the run is interrupted
                         result = _ask(c, api, the_method, pending, writer, store.annotation_spend(keys))
                     finally:
                         writer.close()
+                    result["copied_a_demonstration"] = writer.copied
         # verify_with=gold (the paper's filter with the gold teacher as its solver) passes every
         # gold decomposition: the task's own solution reaches the oracle answer by construction
         if c.verify_with and c.verify_with != GOLD and not status:
@@ -107,11 +119,33 @@ def annotate(run_dir: str | Path, config: AnnotateConfig | str | None = None, *,
             result["verified"] = _verify(store, the_method, requests, solver, c.max_new_tokens)
         summary = {"problems": len(problems), "requests": len(requests), "new": 0 if status else len(pending),
                    **store.annotation_status(keys), **result}
+    summary["warnings"] = _warnings(summary, c, run_dir) + summary.pop("warnings", [])
+    for warning in summary["warnings"] if not status else []:
+        print(f"warning: {warning}", file=sys.stderr)
     if result.get("failed"):  # stored as nothing: a recipe must not go on as if they had been answered
         raise EnvironmentProblem(f"annotate: {result['failed']} of {len(pending)} requests failed "
                                  f"({result.get('first_failure')}); {summary['done']} of {len(requests)} are done and "
                                  "stored: run the same command again to send the rest")
     return summary
+
+
+def _warnings(summary: dict[str, Any], c: AnnotateConfig, run_dir: str | Path) -> list[str]:
+    """What the replies so far say about the teacher, and what to change: most cut at the
+    token limit, many copying a demonstration, few or none kept."""
+    done, reasons = summary["done"], summary["rejected_by_reason"]
+    warnings = []
+    cut, copied = reasons.get(CUT_OFF, 0), summary.get("copied_a_demonstration", 0)
+    if done and cut > done / 2:
+        warnings.append(f"{cut} of {done} replies were cut off at max_new_tokens ({c.max_new_tokens}): raise it, or, "
+                        "for a base model that runs on past its answer, give --stop strings or --endpoint completions")
+    if copied >= max(2, summary["new"] / 5):
+        warnings.append(f"{copied} of {summary['new']} new replies gave a few-shot demonstration's answer, wrong here: "
+                        "the teacher copies its examples (a base model?); try a stronger or instruction-tuned teacher")
+    if done >= 10 and summary["kept"] < done / 10 or done and not summary["kept"]:
+        top = ", ".join(f"{n} {reason}" for reason, n in sorted(reasons.items(), key=lambda item: -item[1])[:3])
+        warnings.append(f"only {summary['kept']} of {done} replies were kept ({top}): a teacher this weak teaches "
+                        f"little; see `cotdistill annotations -r {run_dir} --rejected`")
+    return warnings
 
 
 def _ask(c: AnnotateConfig, api: APIConfig | None, method: Method, pending: Sequence[Request], writer: _Writer,
@@ -123,13 +157,18 @@ def _ask(c: AnnotateConfig, api: APIConfig | None, method: Method, pending: Sequ
         for request in pending:
             writer.add(request, _gold_completion(method, request.problem))
         return {}
+    stop = [*method.stop, *(c.stop or [])]
     if api is not None:
         budget = Budget(api, spent["cost"], spent["prompt_tokens"] + spent["completion_tokens"])
-        backend = OpenAITeacher(api)
+        backend = OpenAITeacher(api, on_retry=lambda cause: writer.show())
+        writer.retries = backend.retry_causes  # shown live beside kept / rejected
         counts = backend.run([(r.messages, c.seed + r.sample) for r in pending], c.max_new_tokens, c.temperature,
-                             method.stop, budget, lambda i, completion: writer.add(pending[i], completion))
+                             stop, budget, lambda i, completion: writer.add(pending[i], completion))
         result = {"failed": counts["failed"], "refused": counts["refused"], "retries": backend.retries,
-                  "stopped_by_budget": budget.exhausted, "not_sent": counts["skipped"]}
+                  "retry_causes": dict(backend.retry_causes), "stopped_by_budget": budget.exhausted,
+                  "not_sent": counts["skipped"]}
+        if backend.retry_hint():
+            result["warnings"] = [backend.retry_hint()]
         if backend.refusal:
             result["first_refusal"] = backend.refusal
         if backend.failure:
@@ -139,7 +178,7 @@ def _ask(c: AnnotateConfig, api: APIConfig | None, method: Method, pending: Sequ
     chunk = c.batch_size * 4
     for start in range(0, len(pending), chunk):
         batch = pending[start : start + chunk]
-        completions = model.generate([r.messages for r in batch], c.max_new_tokens, c.temperature, method.stop,
+        completions = model.generate([r.messages for r in batch], c.max_new_tokens, c.temperature, stop,
                                      c.seed + start)
         for request, completion in zip(batch, completions):
             writer.add(request, completion)
@@ -154,6 +193,10 @@ class _Writer:
         self.store, self.task, self.split, self.method, self.teacher, self.bar = store, task, split, method, teacher, bar
         self.queue: queue.Queue[tuple[Request, Completion] | None] = queue.Queue()
         self.error: BaseException | None = None
+        self.kept = self.rejected = 0
+        self.copied = 0  # wrong replies of this run that state a demonstration's answer
+        self.retries: Counter[str] = Counter()  # a server teacher's retry causes
+        self._demo_answers: set[str] | None = None
         self.thread = threading.Thread(target=self._run, name="annotation-writer", daemon=True)
         self.thread.start()
 
@@ -161,6 +204,19 @@ class _Writer:
         if self.error is not None:
             raise self.error
         self.queue.put((request, completion))
+
+    def count(self, status: dict[str, Any]) -> None:
+        """Start the kept / rejected counts from what earlier runs stored."""
+        self.kept, self.rejected = status["kept"], status["rejected"]
+        self.show()
+
+    def show(self) -> None:
+        """kept / rejected and the retry causes so far, on the progress bar (tqdm redraws it at
+        its own pace). Called from the writer and the client threads: list() copies the
+        counter in one step."""
+        retries = ", ".join(f"{cause} x{n}" for cause, n in list(self.retries.items()))
+        self.bar.set_postfix_str(f"kept {self.kept}, rejected {self.rejected}" + (f", retries: {retries}" if retries else ""),
+                                 refresh=False)
 
     def close(self) -> None:
         """Write what is queued and stop; re-raises a failure of the writer thread."""
@@ -198,6 +254,9 @@ class _Writer:
         rows = []
         for i, (request, completion) in enumerate(batch):
             outcome = parsed.get(i)
+            if outcome and outcome.reason == "wrong answer" and outcome.answer is not None \
+                    and normalize(outcome.answer, request.problem.kind) in self._demonstration_answers(request.problem):
+                self.copied += 1
             rows.append(Annotation(
                 key=request.key, task=self.task, split=self.split, problem_id=request.problem.id,
                 problem_key=request.problem.key,
@@ -209,7 +268,20 @@ class _Writer:
                 cost=completion.cost, finish_reason=completion.finish_reason, logprobs=completion.logprobs,
             ))
         self.store.add_annotations(rows)
+        kept = sum(row.kept for row in rows)
+        self.kept, self.rejected = self.kept + kept, self.rejected + len(rows) - kept
+        self.show()
         self.bar.update(len(rows))
+
+    def _demonstration_answers(self, problem: Problem) -> set[str]:
+        """The answers the method's few-shot demonstrations state (a teacher that copies its
+        examples gives one of them), read by the method's own parser: once per run."""
+        if self._demo_answers is None:
+            demos = self.method.prompts.demonstrations if self.teacher != GOLD else ()
+            parsed = self.method.parse_many([reply for _, reply in demos],
+                                            [Problem(f"demo{i}", question, "", problem.kind) for i, (question, _) in enumerate(demos)])
+            self._demo_answers = {normalize(p.answer, problem.kind) for p in parsed if p.answer is not None}
+        return self._demo_answers
 
 
 def _failure(completion: Completion) -> str | None:
@@ -218,7 +290,7 @@ def _failure(completion: Completion) -> str | None:
     if reason == "missing":
         return "task has no gold rationale for this method"
     if reason == "length":
-        return "cut off at max_new_tokens"
+        return CUT_OFF
     if reason == "content_filter":
         return "blocked by the teacher's content filter"
     return None

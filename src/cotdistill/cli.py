@@ -11,6 +11,7 @@ from typing import Annotated, Any, Optional
 import typer
 from rich.console import Console
 from rich.table import Table
+from rich.text import Text
 
 from cotdistill.config import AnnotateConfig, EvalConfig, default_of, help_of
 from cotdistill.errors import CotdistillError
@@ -55,6 +56,7 @@ Timeout = Annotated[float, _opt(API, "timeout")]
 MaxRetries = Annotated[int, _opt(API, "max_retries")]
 PriceInput = Annotated[float, _opt(API, "price_input")]
 PriceOutput = Annotated[float, _opt(API, "price_output")]
+Endpoint = Annotated[str, _opt(API, "endpoint")]
 
 
 def _pairs(values: list[str] | None, flag: str) -> dict[str, str]:
@@ -111,6 +113,8 @@ def annotate(
     price_output: PriceOutput = default_of(API, "price_output"),
     max_cost: Annotated[Optional[float], _opt(API, "max_cost")] = None,
     max_tokens: Annotated[Optional[int], _opt(API, "max_tokens")] = None,
+    endpoint: Endpoint = default_of(API, "endpoint"),
+    stop: Annotated[Optional[list[str]], _opt(A, "stop", "--stop")] = None,
     status: Annotated[bool, typer.Option("--status", help="Only show done / pending / rejected counts and spend.")] = False,
 ) -> None:
     """Have a teacher write rationales; keep those whose answer checks out."""
@@ -121,12 +125,61 @@ def annotate(
         api = {"base_url": base_url, "api_key_env": api_key_env, "concurrency": concurrency,
                "requests_per_minute": rpm, "tokens_per_minute": tpm, "timeout": timeout, "max_retries": max_retries,
                "top_logprobs": top_logprobs, "price_input": price_input, "price_output": price_output,
-               "max_cost": max_cost, "max_tokens": max_tokens}
+               "max_cost": max_cost, "max_tokens": max_tokens, "endpoint": endpoint}
     config = AnnotateConfig(task=task, data=data, split=split, limit=limit, method=method, teacher=teacher,
                             samples=samples, temperature=temperature, max_new_tokens=max_new_tokens, seed=seed,
                             batch_size=batch_size, fields=_pairs(field, "--field"), options=_pairs(option, "--option"),
-                            prompts=prompts, api=api, verify_with=verify_with, weak_sandbox=weak_sandbox)
+                            prompts=prompts, api=api, verify_with=verify_with, weak_sandbox=weak_sandbox,
+                            stop=[s.replace("\\n", "\n").replace("\\t", "\t") for s in stop] if stop else None)
     _show(run(run_dir, config, status=status))
+
+
+@app.command()
+def annotations(
+    run_dir: RunDir = Path("runs/default"),
+    rejected: Annotated[bool, typer.Option("--rejected", help="Only rejected replies.")] = False,
+    kept: Annotated[bool, typer.Option("--kept", help="Only kept replies.")] = False,
+    teacher: Annotated[Optional[str], typer.Option(help="Only this teacher's replies (e.g. gold, openai:MODEL).")] = None,
+    method: Annotated[Optional[str], typer.Option("--method", "-m", help="Only this method's replies.")] = None,
+    reason: Annotated[Optional[str], typer.Option(help="Only replies rejected for a reason containing this text.")] = None,
+    limit: Annotated[int, typer.Option(min=0, help="Replies to print (0: only the counts).")] = 5,
+    width: Annotated[int, typer.Option(min=20, help="Characters of each reply to print.")] = 400,
+) -> None:
+    """See the teacher's data: counts by method, teacher and reason, then the replies, kept or rejected, with why."""
+    from cotdistill.store import Store
+
+    if rejected and kept:
+        raise CotdistillError("--rejected and --kept: give one")
+    if not (run_dir / "store.sqlite").is_file():
+        raise CotdistillError(f"{run_dir}: no store.sqlite here; give the run directory with -r")
+
+    def wanted(row: dict[str, Any]) -> bool:
+        return (teacher in (None, row["teacher"]) and method in (None, row["method"])
+                and not (rejected and row["kept"]) and not (kept and not row["kept"])
+                and (reason is None or reason.lower() in row["reason"].lower()))
+
+    with Store(run_dir) as store:
+        counts = [r for r in store.annotation_counts() if wanted(r)]
+        table = Table("method", "teacher", "task", "kept", "reason", "replies")
+        for r in counts:
+            table.add_row(r["method"], r["teacher"], r["task"], "yes" if r["kept"] else "no", r["reason"], str(r["n"]))
+        console.print(table)
+        shown = 0
+        for name in dict.fromkeys(r["method"] for r in counts):
+            rows = [a for a in store.annotations(name, kept_only=False, teacher=teacher)
+                    if wanted({"teacher": a.teacher, "method": a.method, "kept": a.kept, "reason": a.reason})]
+            golds = {(p_task, p_split): {p.id: p.answer for p in store.problems(p_task, p_split)}
+                     for p_task, p_split in {(a.task, a.split) for a in rows}}
+            for a in rows[: max(0, limit - shown)]:
+                verdict = "kept" if a.kept else f"rejected: {a.reason}"
+                console.rule(f"{a.method} {a.task}:{a.problem_id} #{a.sample} by {a.teacher}: {verdict}", align="left")
+                console.print(f"answer {a.answer!r}, gold {golds[(a.task, a.split)].get(a.problem_id)!r}, "
+                              f"{a.completion_tokens} tokens, finish {a.finish_reason}", highlight=False)
+                text = a.text if len(a.text) <= width else a.text[:width] + f" ... [{len(a.text) - width} more characters]"
+                console.print(text or "(empty reply)", markup=False, highlight=False)
+                shown += 1
+        if not counts:
+            console.print("no stored replies match")
 
 
 @app.command()
@@ -189,6 +242,7 @@ def train(
     max_length: Annotated[int, _field("max_length")] = FIELDS["max_length"][0],
     seed: int = 0,
     role: Annotated[Optional[list[str]], typer.Option(help="Which of the method's students to train (e.g. qg, qa, unified; see `cotdistill methods`).")] = None,
+    teacher: Annotated[Optional[str], typer.Option(help="Only this teacher's annotations (e.g. gold, openai:MODEL); default: every teacher's, counted in the report.")] = None,
     objective: Annotated[str, _field("objective")] = FIELDS["objective"][0],
     alpha: Annotated[float, _field("alpha")] = FIELDS["alpha"][0],
     gold_label: Annotated[bool, typer.Option("--gold-label", help=FIELDS["gold_label"][1])] = FIELDS["gold_label"][0],
@@ -217,7 +271,7 @@ def train(
     if report_to:  # TrainingArguments' own default otherwise
         config["report_to"] = report_to
     config.update({k: _yaml_value(v) for k, v in _pairs(set_, "--set").items()})
-    output = run(run_dir, name=name, student=student, method=method, task=task, roles=role, **config)
+    output = run(run_dir, name=name, student=student, method=method, task=task, roles=role, teacher=teacher, **config)
     console.print(f"student saved in [bold]{output}[/bold]")
 
 
@@ -248,6 +302,7 @@ def evaluate(
     max_retries: MaxRetries = default_of(API, "max_retries"),
     price_input: PriceInput = default_of(API, "price_input"),
     price_output: PriceOutput = default_of(API, "price_output"),
+    endpoint: Endpoint = default_of(API, "endpoint"),
 ) -> None:
     """Evaluate a pipeline: accuracy (strict and flexible, 95% CI) and cost per stage (calls, tokens, time, FLOPs, USD)."""
     from cotdistill.evaluate import evaluate as run
@@ -258,7 +313,7 @@ def evaluate(
     if len(single) > 1 or (single and stages):
         raise CotdistillError("--model: give one MODEL, or STAGE=MODEL for each stage")
     api = {"base_url": base_url, "api_key_env": api_key_env, "concurrency": concurrency, "timeout": timeout,
-           "max_retries": max_retries, "price_input": price_input, "price_output": price_output}
+           "max_retries": max_retries, "price_input": price_input, "price_output": price_output, "endpoint": endpoint}
     uses_api = any(v.split("=", 1)[-1].startswith(PREFIX) for v in values)
     config = EvalConfig(model=single[0] if single else default_of(E, "model"), models=stages or None,
                         pipeline=pipeline, task=task, data=data, split=split, limit=limit, method=method, name=name,
@@ -282,24 +337,100 @@ def run_recipe(
     recipe: Annotated[str, typer.Argument(help="A recipe YAML file, or the name of a bundled one (`cotdistill recipes`).")],
     run_dir: Annotated[Optional[Path], typer.Option("--run-dir", "-r", help="Override the recipe's run_dir.")] = None,
     scale: Annotated[Optional[str], typer.Option(help="One of the recipe's scales (default: its first), e.g. small or full.")] = None,
-    set_: Annotated[Optional[list[str]], typer.Option("--set", help="Override a recipe variable NAME=VALUE (YAML value), e.g. data=/path/to/data.")] = None,
+    set_: Annotated[Optional[list[str]], typer.Option("--set", help="Override a recipe variable NAME=VALUE (YAML value), e.g. data=/path/to/data, teacher=openai:MODEL, base_url=URL (`cotdistill recipes NAME` lists them).")] = None,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Only print what each step would cost (teacher requests and tokens, training tokens, evaluation problems, hours, USD); write nothing.")] = False,
+    price: Annotated[Optional[str], typer.Option(help="--dry-run: the teacher's USD per million input and output tokens, IN,OUT (e.g. 0.15,0.60).")] = None,
+    pace: Annotated[Optional[str], typer.Option(help="--dry-run: tokens/s of this machine, NAME=N,... (train_lora, train_full, generate, teacher); default: measured on a 2-core CPU.")] = None,
 ) -> None:
-    """Run a recipe's steps in order; rerunning resumes it."""
+    """Run a recipe's steps in order; rerunning resumes it. --dry-run prints what it would cost."""
     from cotdistill.recipe import run_recipe as run
 
-    out = run(recipe, run_dir, scale=scale, settings={k: _yaml_value(v) for k, v in _pairs(set_, "--set").items()})
+    settings = {k: _yaml_value(v) for k, v in _pairs(set_, "--set").items()}
+    if dry_run:
+        _dry_run(recipe, scale, settings, price, pace)
+        return
+    if price or pace:
+        raise CotdistillError("--price and --pace go with --dry-run")
+    out = run(recipe, run_dir, scale=scale, settings=settings)
     console.print(f"done: {out}")
 
 
-@app.command()
-def recipes() -> None:
-    """List the bundled recipes (run one with `cotdistill run NAME --scale small|full`)."""
-    from cotdistill.recipe import bundled_recipes
+def _dry_run(recipe: str, scale: str | None, settings: dict[str, Any], price: str | None, pace: str | None) -> None:
+    from cotdistill.estimate import CPU_PACE, PACE_SOURCE, estimate_recipe, parse_pace, parse_price
+    from cotdistill.recipe import load_recipe
 
+    loaded = load_recipe(recipe, scale, settings)
+    the_pace = parse_pace(pace)
+    costs, counted = estimate_recipe(loaded, parse_price(price), the_pace)
+    table = Table("step", "what", "teacher requests", "prompt tokens", "completion tokens (bound)",
+                  "train tokens x epochs", "eval problems (calls)", "generated <=", "hours", "USD", "note",
+                  title=f"{loaded['path']} at scale {scale or 'default'}: a dry run, nothing written")
+
+    def number(value: float | None, digits: int = 2) -> str:
+        return "?" if value is None else f"{value:,.{digits}f}"
+
+    for c in costs:
+        table.add_row(f"{c.step} {c.verb}", Text(c.what), f"{c.teacher_requests:,}", f"{c.prompt_tokens:,}",
+                      f"{c.completion_tokens:,} ({c.completion_bound:,})" if c.teacher_requests else "",
+                      f"{c.train_tokens:,} x {c.epochs:g}" if c.verb == "train" else "",
+                      f"{c.eval_problems:,} ({c.eval_calls:,})" if c.eval_calls else "",
+                      f"{c.generated_bound:,}" if c.generated_bound else "", number(c.hours), number(c.usd, 4), Text(c.note))
+    console.print(table)
+    hours = [c.hours for c in costs]
+    usd = [c.usd for c in costs]
+    console.print(f"total: {sum(c.teacher_requests for c in costs):,} teacher requests, "
+                  f"{sum(c.prompt_tokens for c in costs):,} prompt + ~{sum(c.completion_tokens for c in costs):,} "
+                  f"completion tokens; {sum(int(c.train_tokens * c.epochs) for c in costs):,} training tokens over all epochs; "
+                  f"{sum(c.eval_calls for c in costs):,} evaluation calls; "
+                  f"{sum(h for h in hours if h is not None):,.1f} hours"
+                  + (" + the teacher's (give --pace teacher=TOKENS_PER_S)" if None in hours else "") + "; "
+                  + ("USD ? (give --price IN,OUT)" if None in usd else f"${sum(u for u in usd if u is not None):,.{2 if sum(u for u in usd if u) >= 1 else 4}f}"),
+                  highlight=False)
+    console.print(f"tokens counted with {counted} tokenizer; "
+                  + (PACE_SOURCE if the_pace == CPU_PACE else f"pace given: {the_pace}"), highlight=False)
+
+
+@app.command()
+def recipes(
+    words: Annotated[Optional[list[str]], typer.Argument(help="NAME: show its variables per scale; copy NAME DIR: write an editable copy into DIR.", show_default=False)] = None,
+) -> None:
+    """List the bundled recipes; `recipes NAME` shows one's variables (what --set changes) per scale;
+    `recipes copy NAME DIR` writes an editable copy that runs with `cotdistill run DIR/NAME.yaml`."""
+    from cotdistill.recipe import bundled_recipes, copy_recipe, describe_recipe
+
+    words = words or []
+    if words[:1] == ["copy"]:
+        if len(words) != 3:
+            raise CotdistillError("usage: cotdistill recipes copy NAME DIR")
+        written = copy_recipe(words[1], words[2])
+        console.print(f"written: {', '.join(map(str, written))}\nrun it with: cotdistill run {written[0]}",
+                      soft_wrap=True, highlight=False)
+        return
+    if len(words) > 1:
+        raise CotdistillError("usage: cotdistill recipes [NAME] | cotdistill recipes copy NAME DIR")
+    if words:
+        path, variables = describe_recipe(words[0])
+        scales = list(variables[0].values) if variables else []
+        table = Table(title=str(path))
+        table.add_column("variable", no_wrap=True)
+        for scale in scales:
+            table.add_column(scale or "value", max_width=28)
+        table.add_column("what it is", min_width=30)
+        for v in variables:
+            table.add_row(v.name, *[_brief(v.values[s]) for s in scales], v.help)
+        console.print(table)
+        console.print(f"change one with `cotdistill run {words[0]} --set NAME=VALUE`; a served teacher: "
+                      "--set teacher=openai:MODEL --set base_url=http://HOST:PORT/v1", highlight=False)
+        return
     table = Table("recipe", "what it is")
     for name, about in bundled_recipes().items():
         table.add_row(name, about)
     console.print(table)
+
+
+def _brief(value: Any) -> str:
+    text = json.dumps(value) if isinstance(value, (list, dict)) else str(value)
+    return text if len(text) <= 40 else f"{len(value)} entries" if isinstance(value, (list, dict)) else text[:37] + "..."
 
 
 @app.command()

@@ -139,6 +139,9 @@ class AnnotateConfig(_Generation):
     verify_with: str | None = setting(None, "decompose: keep a decomposition only if this solver model reaches the "
                                             "gold answer with it (the paper's filter: the teacher itself; gold "
                                             "passes every gold decomposition)")
+    stop: list[str] | None = setting(None, "stop strings added to the method's own, e.g. a blank line for a base "
+                                           "model that runs on past its answer (on the command line \\n is a newline: "
+                                           "--stop '\\n\\n')")
 
     def __post_init__(self) -> None:
         super().__post_init__()

@@ -10,12 +10,21 @@ Sizes are variables, so one recipe holds both the 2-core run and the paper-size 
 fill `${name}` anywhere in the steps: a value that is exactly `${name}` takes the
 variable's value with its type (a number, a list), one inside longer text its string.
 An eval step with `sets: [{task, data, split}, ...]` runs once per entry, the in- and
-out-of-distribution sets of a comparison written once.
+out-of-distribution sets of a comparison written once. `help` (name -> text) documents the
+variables, for `cotdistill recipes NAME`.
+
+A served teacher's options are written flat in an annotate step, as the CLI spells them
+(`base_url`, `api_key_env`, `concurrency`, `endpoint`, ...: any APIConfig field): they are
+passed on as the step's `api` when its teacher (or verifier) is an `openai:` model, and
+dropped when they are their defaults beside any other teacher (a bundled recipe always
+writes them, so `--set teacher=openai:M --set base_url=URL` is all a user adds); set
+beside a teacher that cannot use them, they are an error.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import enum
 import inspect
 import os
@@ -32,6 +41,7 @@ from cotdistill.annotate import annotate
 from cotdistill.config import AnnotateConfig, EvalConfig
 from cotdistill.errors import CotdistillError
 from cotdistill.evaluate import evaluate
+from cotdistill.models.openai_api import PREFIX, APIConfig
 from cotdistill.report import report
 from cotdistill.tasks.records import read_yaml
 from cotdistill.train import TrainConfig, train
@@ -39,6 +49,7 @@ from cotdistill.train import TrainConfig, train
 STEPS: dict[str, Callable[..., Any]] = {"annotate": annotate, "train": train, "eval": evaluate, "report": report}
 CONFIGS: dict[str, type] = {"annotate": AnnotateConfig, "train": TrainConfig, "eval": EvalConfig}
 BUNDLED = Path(__file__).parent / "recipes"
+API_KEYS = tuple(f.name for f in dataclasses.fields(APIConfig) if f.name != "model")
 
 
 VARIABLE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
@@ -47,14 +58,7 @@ VARIABLE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
 def load_recipe(path: str | Path, scale: str | None = None, settings: dict[str, Any] | None = None) -> dict[str, Any]:
     """Read a recipe, fill its variables for `scale` (and `settings`, which override any
     variable), expand `sets:` evals, and check every step against its function's signature."""
-    path = Path(path)
-    if not path.is_file() and (BUNDLED / f"{path}.yaml").is_file():
-        path = BUNDLED / f"{path}.yaml"
-    if not path.is_file():
-        raise CotdistillError(f"{path}: no such recipe (bundled: {', '.join(sorted(bundled_recipes()))})")
-    recipe = read_yaml(path)
-    if not isinstance(recipe, dict) or not isinstance(recipe.get("steps"), list):
-        raise CotdistillError(f"{path}: a recipe needs `run_dir` and a list of `steps`")
+    path, recipe = _read(path)
     variables = _variables(path, recipe, scale, settings or {})
     recipe["steps"] = _expand_evals(path, _fill(path, recipe["steps"], variables))
     recipe["run_dir"] = _fill(path, recipe.get("run_dir"), variables)
@@ -66,9 +70,86 @@ def load_recipe(path: str | Path, scale: str | None = None, settings: dict[str, 
         verb, arguments = next(iter(step.items()))
         if not isinstance(arguments or {}, dict):
             raise CotdistillError(f"{path}: step {index} ({verb}): its arguments must be a mapping, not {arguments!r}")
+        if verb in ("annotate", "eval") and arguments:
+            _fold_api(path, index, verb, arguments)
         _check_arguments(path, index, verb, arguments or {})
     recipe["path"], recipe["scale"] = str(path), variables.get("scale")
     return recipe
+
+
+def _read(path: str | Path) -> tuple[Path, dict[str, Any]]:
+    """A recipe file (or a bundled recipe's name) and its parsed YAML."""
+    path = Path(path)
+    if not path.is_file() and (BUNDLED / f"{path}.yaml").is_file():
+        path = BUNDLED / f"{path}.yaml"
+    if not path.is_file():
+        raise CotdistillError(f"{path}: no such recipe (bundled: {', '.join(sorted(bundled_recipes()))})"
+                              + _did_you_mean(str(path), bundled_recipes()))
+    recipe = read_yaml(path)
+    if not isinstance(recipe, dict) or not isinstance(recipe.get("steps"), list):
+        raise CotdistillError(f"{path}: a recipe needs `run_dir` and a list of `steps`")
+    return path, recipe
+
+
+def _did_you_mean(name: str, known: Any) -> str:
+    """`; did you mean X?` for the closest known name, as argparse and git suggest one."""
+    close = difflib.get_close_matches(name, [str(k) for k in known], n=1, cutoff=0.6)
+    return f"; did you mean {close[0]}?" if close else ""
+
+
+@dataclasses.dataclass(frozen=True)
+class Variable:
+    """One variable of a recipe as `cotdistill recipes NAME` shows it: its help and its
+    value at each scale (filled, so a path shows where it points)."""
+
+    name: str
+    help: str
+    values: dict[str, Any]  # scale (or "" for a recipe of one size) -> value
+
+
+def describe_recipe(path: str | Path) -> tuple[Path, list[Variable]]:
+    """A recipe's variables, with their help and their value at every scale."""
+    path, recipe = _read(path)
+    base, scales, helps = _sizes(path, recipe)
+    names = [n for n in dict.fromkeys([*base, *(n for values in scales.values() for n in values)]) if n != "scale"]
+    values = {scale: _variables(path, recipe, scale or None, {}) for scale in (scales or [""])}
+    return path, [Variable(name, helps.get(name, ""), {scale: filled.get(name, "(unset)")
+                                                        for scale, filled in values.items()}) for name in names]
+
+
+def copy_recipe(name: str | Path, folder: str | Path) -> list[Path]:
+    """Write a recipe and every file it includes into `folder`, as editable files that run
+    from there: `cotdistill run FOLDER/NAME.yaml`. Refuses to overwrite a different file."""
+    path, recipe = _read(name)
+    folder = Path(folder)
+    if folder.exists() and not folder.is_dir():
+        raise CotdistillError(f"{folder}: not a directory")
+    sources = [path, *_included_files(path, recipe)]
+    clashes = [f"{folder / s.name}" for s in sources
+               if (folder / s.name).exists() and (folder / s.name).read_bytes() != s.read_bytes()]
+    if clashes:
+        raise CotdistillError(f"{clashes[0]} exists and differs from the recipe's: remove it or copy elsewhere")
+    folder.mkdir(parents=True, exist_ok=True)
+    for source in sources:
+        (folder / source.name).write_bytes(source.read_bytes())
+    return [folder / s.name for s in sources]
+
+
+def _included_files(path: Path, recipe: dict[str, Any]) -> list[Path]:
+    found: list[Path] = []
+    for name in recipe.get("include") or []:
+        included = _include_path(path, name)
+        found += [included, *_included_files(included, read_yaml(included))]
+    return list(dict.fromkeys(found))
+
+
+def _include_path(path: Path, name: str) -> Path:
+    """An included file: beside the recipe first (a copy's own edited one), else bundled."""
+    for folder in (path.parent, BUNDLED):
+        if (folder / f"{name}.yaml").is_file():
+            return folder / f"{name}.yaml"
+    raise CotdistillError(f"{path}: include {name!r}: no file {path.parent / f'{name}.yaml'} "
+                          f"and no bundled {name!r}")
 
 
 def bundled_recipes() -> dict[str, str]:
@@ -84,18 +165,21 @@ def bundled_recipes() -> dict[str, str]:
 
 
 def _variables(path: Path, recipe: dict[str, Any], scale: str | None, settings: dict[str, Any]) -> dict[str, Any]:
-    base, scales = _sizes(path, recipe)
+    base, scales, _ = _sizes(path, recipe)
     if scale is not None and scale not in scales:
-        raise CotdistillError(f"{path}: no scale {scale!r}" + (f" (scales: {', '.join(scales)})" if scales
-                                                                else " (this recipe has one size)"))
+        raise CotdistillError(f"{path}: no scale {scale!r}{_did_you_mean(scale, scales)}"
+                              + (f" (scales: {', '.join(scales)})" if scales else " (this recipe has one size)"))
     scale = scale if scale is not None else next(iter(scales), None)
     raw = {**base, **(scales[scale] if scale else {}), **settings}
     if scale:
         raw.setdefault("scale", scale)
-    unknown = set(settings) - set(base) - {name for values in scales.values() for name in values}
+    known = set(base) | {name for values in scales.values() for name in values}
+    unknown = set(settings) - known
     if unknown:
-        raise CotdistillError(f"{path}: no variable(s) {', '.join(sorted(unknown))} to set "
-                              f"(variables: {', '.join(sorted(set(raw) - unknown)) or 'none'})")
+        first = sorted(unknown)[0]
+        raise CotdistillError(f"{path}: no variable(s) {', '.join(sorted(unknown))} to set"
+                              f"{_did_you_mean(first, known)} (variables: {', '.join(sorted(known)) or 'none'}); "
+                              f"`cotdistill recipes {path.stem if path.parent == BUNDLED else path}` explains them")
     resolved: dict[str, Any] = {}
 
     def resolve(name: str, chain: tuple[str, ...] = ()) -> Any:
@@ -112,33 +196,35 @@ def _variables(path: Path, recipe: dict[str, Any], scale: str | None, settings: 
     return resolved
 
 
-def _sizes(path: Path, recipe: dict[str, Any],
-           chain: tuple[Path, ...] = ()) -> tuple[dict[str, Any], dict[str, dict[str, Any]]]:
-    """A recipe's `variables` and `scales`, over those of the recipes it `include`s (a
-    bundled name or a path beside it), so sets shared by several recipes are written once.
+def _sizes(path: Path, recipe: dict[str, Any], chain: tuple[Path, ...] = ()
+           ) -> tuple[dict[str, Any], dict[str, dict[str, Any]], dict[str, str]]:
+    """A recipe's `variables`, `scales` and `help`, over those of the files it `include`s (a
+    name of a file beside it, else of a bundled one), so what several recipes share is written once.
     `chain`: the recipes including this one, so one that includes itself is named, not recursed."""
     base: dict[str, Any] = {}
     scales: dict[str, dict[str, Any]] = {}
+    helps: dict[str, str] = {}
     chain = (*chain, path.resolve())
     for name in recipe.get("include") or []:
-        included = path.parent / f"{name}.yaml"
-        if not included.is_file():
-            raise CotdistillError(f"{path}: include {name!r}: no file {included}")
+        included = _include_path(path, name)
         if included.resolve() in chain:
             cycle = " -> ".join(p.stem for p in (*chain, included.resolve()))
             raise CotdistillError(f"{path}: include {name!r} includes itself ({cycle})")
-        inner_base, inner_scales = _sizes(included, read_yaml(included), chain)
+        inner_base, inner_scales, inner_help = _sizes(included, read_yaml(included), chain)
         base.update(inner_base)
+        helps.update(inner_help)
         for scale, values in inner_scales.items():
             scales.setdefault(scale, {}).update(values)
-    own_base, own_scales = recipe.get("variables") or {}, recipe.get("scales") or {}
-    if not isinstance(own_base, dict) or not isinstance(own_scales, dict) \
+    own_base, own_scales, own_help = recipe.get("variables") or {}, recipe.get("scales") or {}, recipe.get("help") or {}
+    if not isinstance(own_base, dict) or not isinstance(own_scales, dict) or not isinstance(own_help, dict) \
             or not all(isinstance(v, dict) for v in own_scales.values()):
-        raise CotdistillError(f"{path}: `variables` must be a mapping and `scales` a mapping of name -> variables")
+        raise CotdistillError(f"{path}: `variables` and `help` must be mappings and `scales` a mapping of "
+                              "name -> variables")
     base.update(own_base)
+    helps.update({str(k): str(v) for k, v in own_help.items()})
     for scale, values in own_scales.items():
         scales.setdefault(scale, {}).update(values)
-    return base, scales
+    return base, scales, helps
 
 
 def _fill(path: Path, value: Any, variables: dict[str, Any] | Callable[[str], Any]) -> Any:
@@ -164,7 +250,7 @@ def _lookup(path: Path, variables: dict[str, Any], name: str) -> Any:
 
 def _unknown(path: Path, name: str, variables: dict[str, Any]) -> None:
     scale = f" at scale {variables['scale']}" if "scale" in variables else ""
-    raise CotdistillError(f"{path}: ${{{name}}} is not a variable of this recipe{scale} "
+    raise CotdistillError(f"{path}: ${{{name}}} is not a variable of this recipe{scale}{_did_you_mean(name, variables)} "
                           f"(variables: {', '.join(sorted(variables)) or 'none'})")
 
 
@@ -189,6 +275,27 @@ def _expand_evals(path: Path, steps: list[Any]) -> list[Any]:
     return expanded
 
 
+def _fold_api(path: Path, index: int, verb: str, arguments: dict[str, Any]) -> None:
+    """A step's flat server options (base_url, concurrency, ...) into its `api`, where a
+    model of the step is an openai: one; dropped at their defaults beside any other model,
+    an error when set there (a base_url beside teacher gold is a mistake to name)."""
+    flat = {key: arguments.pop(key) for key in list(arguments) if key in API_KEYS}
+    if not flat:
+        return
+    models = [arguments.get(key) for key in ("teacher", "verify_with", "model")]
+    models += list((arguments.get("models") or {}).values()) if isinstance(arguments.get("models"), dict) else []
+    if any(isinstance(model, str) and model.startswith(PREFIX) for model in models):
+        given = {key: value for key, value in flat.items() if value is not None}
+        arguments["api"] = {**given, **(arguments.get("api") or {})}
+        return
+    fields = {f.name: f.default for f in dataclasses.fields(APIConfig)}
+    set_ = [key for key, value in flat.items() if value is not None and value != fields[key]]
+    if set_:
+        who = arguments.get("teacher") or arguments.get("model") or "its model"
+        raise CotdistillError(f"{path}: step {index} ({verb}): {', '.join(set_)} configure an openai:MODEL "
+                              f"teacher, and this step's is {who!r}: set teacher=openai:MODEL too")
+
+
 def _check_arguments(path: Path, index: int, verb: str, arguments: dict[str, Any]) -> None:
     """Names and value types against the step's config (AnnotateConfig, TrainConfig,
     EvalConfig) and its function's own keywords, so a recipe fails on load, not hours into its run."""
@@ -197,9 +304,10 @@ def _check_arguments(path: Path, index: int, verb: str, arguments: dict[str, Any
     hints = {**(_hints(config) if config else {}), **_hints(STEPS[verb])}
     accepted = {name for name, p in function.items() if p.kind != p.VAR_KEYWORD} - {"run_dir", "config"}
     accepted |= {f.name for f in dataclasses.fields(config)} if config else set()
-    unknown = set(arguments) - accepted
+    unknown = sorted(map(str, set(arguments) - accepted))
     if unknown:
-        raise CotdistillError(f"{path}: step {index} ({verb}): unknown argument(s) {', '.join(sorted(map(str, unknown)))}")
+        raise CotdistillError(f"{path}: step {index} ({verb}): unknown argument(s) {', '.join(unknown)}"
+                              f"{_did_you_mean(unknown[0], accepted | ({*API_KEYS} if verb != 'train' else set()))}")
     for key, value in arguments.items():
         if key in hints and not _fits(value, hints[key]):
             raise CotdistillError(f"{path}: step {index} ({verb}): {key} must be {_type_name(hints[key])}, "

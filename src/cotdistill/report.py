@@ -146,6 +146,7 @@ def report(run_dir: str | Path) -> str:
             lines.append(f"| {t['name'].removeprefix('train:')} | {r['method']} | {r['examples']} | "
                          f"{r.get('examples_shortened', '-')} | {r['lora']} | {r['steps']} | "
                          f"{_fmt(r['first_logged_loss'])} | {_fmt(r['last_logged_loss'])} | {r['seconds'] / 60:.1f} |")
+    lines += _teachers(trainings)
     markdown = "\n".join(lines) + "\n"
     (run_dir / "report.md").write_text(markdown)
     if rows:
@@ -231,3 +232,30 @@ def _plot(rows: list[dict[str, Any]], path: Path) -> None:
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
+
+
+def _teachers(trainings: list[dict[str, Any]]) -> list[str]:
+    """Whose replies each student learned from (a mix of teachers is named as one), and,
+    where the teacher was gold, what the dataset's replies stand in for: the papers' teachers
+    are LLMs, so a gold row is not the paper's setting."""
+    from cotdistill.config import GOLD
+    from cotdistill.methods import get_method
+
+    lines, gold_methods = [], []
+    for t in trainings:
+        result = t["result"]
+        teachers = result.get("teachers") or {}
+        if not teachers:  # trained before students recorded their teachers
+            continue
+        mix = " + ".join(f"{name} ({n} annotation{'s' if n != 1 else ''})" for name, n in teachers.items())
+        lines.append(f"- {t['name'].removeprefix('train:')}: {mix}" + ("; teachers mixed" if len(teachers) > 1 else ""))
+        if GOLD in teachers and result["method"] not in gold_methods:
+            gold_methods.append(result["method"])
+    if not lines:
+        return []
+    out = ["", "Training data by teacher:", *lines]
+    notes = [(m, get_method(m).gold_stands_in) for m in gold_methods]
+    if any(note for _, note in notes):
+        out += ["", "Where gold stands in for an LLM teacher (the papers' setting):",
+                *[f"- {m}: {note}" for m, note in notes if note]]
+    return out

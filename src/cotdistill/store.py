@@ -378,16 +378,22 @@ class Store:
             self.db.executemany(f"INSERT OR IGNORE INTO annotations ({columns}) VALUES ({marks})", rows)
 
     def annotations(self, method: str, task: str | None = None, split: str | None = None,
-                    kept_only: bool = True) -> list[Annotation]:
+                    kept_only: bool = True, teacher: str | None = None) -> list[Annotation]:
         query = "SELECT * FROM annotations WHERE method = ?"
         args: list[Any] = [method]
-        for column, value in (("task", task), ("split", split)):
+        for column, value in (("task", task), ("split", split), ("teacher", teacher)):
             if value is not None:
                 query += f" AND {column} = ?"
                 args.append(value)
         if kept_only:
             query += " AND kept = 1"
         return [_annotation(r) for r in self.db.execute(query + " ORDER BY rowid", args)]
+
+    def annotation_counts(self) -> list[dict[str, Any]]:
+        """Stored replies counted by method, teacher, task, kept and reason (most first)."""
+        return [dict(row) for row in self.db.execute(
+            "SELECT method, teacher, task, kept, reason, COUNT(*) AS n FROM annotations "
+            "GROUP BY method, teacher, task, kept, reason ORDER BY method, teacher, kept DESC, n DESC")]
 
     # runs -------------------------------------------------------------------------------
     def start_run(self, name: str, kind: str, config: dict[str, Any], produced: bool = True,

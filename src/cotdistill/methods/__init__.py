@@ -43,17 +43,19 @@ def pipeline_owners(pipeline: str) -> list[str]:
 
 
 def stored_examples(store: Store, method: Method, roles: list[str], task: str | None = None,
-                    split: str | None = None, **options: Any) -> list[tuple[Annotation, Example]]:
-    """The training examples of the `roles` students, from the store's kept annotations;
-    `options` go to the method's `training_examples` (e.g. dss `gold_label`)."""
+                    split: str | None = None, teacher: str | None = None,
+                    **options: Any) -> list[tuple[Annotation, Example]]:
+    """The training examples of the `roles` students, from the store's kept annotations (of
+    one `teacher`, or all); `options` go to the method's `training_examples` (e.g. dss `gold_label`)."""
     unknown = set(roles) - set(method.roles)
     if unknown:
         raise CotdistillError(f"method {method.name} has no role(s) {', '.join(sorted(unknown))} "
                               f"(roles: {', '.join(method.roles)})")
-    annotations = store.annotations(method.name, task, split)
+    annotations = store.annotations(method.name, task, split, teacher=teacher)
     if not annotations:
-        where = f" for task {task}" if task else ""
-        raise CotdistillError(f"{store.path}: no kept {method.name} annotations{where}; run `cotdistill annotate` first")
+        where = (f" for task {task}" if task else "") + (f" by teacher {teacher}" if teacher else "")
+        raise CotdistillError(f"{store.path}: no kept {method.name} annotations{where}; "
+                              + _rejections(store, method.name, task, teacher))
     problems = store.problems(a.problem_key for a in annotations)  # each annotation's own question, exactly
     pairs = []
     for a in annotations:
@@ -61,6 +63,23 @@ def stored_examples(store: Store, method: Method, roles: list[str], task: str | 
             if example.role in roles:
                 pairs.append((a, example))
     return pairs
+
+
+def _rejections(store: Store, method: str, task: str | None, teacher: str | None) -> str:
+    """Why nothing is kept: how many replies were rejected, and the commonest reasons; or
+    that annotate never ran (or ran for other teachers)."""
+    rows = [r for r in store.annotation_counts() if r["method"] == method and task in (None, r["task"])]
+    mine = [r for r in rows if teacher in (None, r["teacher"])]
+    if not mine:
+        others = sorted({r["teacher"] for r in rows})
+        return (f"the store has {method} annotations by {', '.join(others)} only: pick one with --teacher"
+                if others else "run `cotdistill annotate` first")
+    reasons: dict[str, int] = {}
+    for r in mine:
+        reasons[r["reason"]] = reasons.get(r["reason"], 0) + r["n"]
+    top = ", ".join(f"{n} {reason}" for reason, n in sorted(reasons.items(), key=lambda item: -item[1])[:3])
+    return (f"all {sum(reasons.values())} replies were rejected ({top}): see "
+            f"`cotdistill annotations -r {store.run_dir} --rejected`")
 
 
 __all__ = ["METHODS", "Example", "Method", "Parsed", "Prompts", "get_method", "pipeline_owners", "register_method",

@@ -115,6 +115,7 @@ class Method:
     supports_gold_label: bool = False  # train --gold-label: the dataset's answer replaces the teacher's in targets
     specializes: bool = False  # its rationales can be taught in model specialization's formats (train --formats)
     solver_verifies: bool = False  # annotate --verify-with: a solver answers with each reply (`solver_messages`)
+    gold_stands_in: str = ""  # what the gold teacher's replies are, where they stand in for an LLM teacher's
 
     def __init__(self, prompts: Prompts | None = None):
         if prompts is not None:

@@ -24,6 +24,7 @@ PROMPTS = Prompts(
 
 class CoT(Method):
     name = "cot"
+    gold_stands_in = ("the dataset's human-written solutions stand in for the teacher's sampled rationales")
     description = "chain of thought: step-by-step reasoning ending in 'The answer is X.'"
     prompts = PROMPTS
     specializes = True

@@ -45,6 +45,7 @@ def numbered(subquestions: list[str]) -> str:
 
 class Decompose(Method):
     name = "decompose"
+    gold_stands_in = ("the GSM8K Socratic file's human-written sub-questions stand in for the teacher's decompositions")
     description = "divide-or-conquer: sub-questions only (decomposer), answered by a separate solver"
     prompts = PROMPTS
     roles = ("decomposer", "solver")

@@ -21,6 +21,7 @@ PREDICT, EXPLAIN = "predict: ", "explain: "
 
 class DSS(CoT):
     name = "dss"
+    gold_stands_in = ("the dataset's human-written solutions stand in for the teacher's rationales (the paper: PaLM 540B's)")
     description = "distilling step-by-step: rationale + label, two prefixed tasks; label-only inference"
     roles = ("label", "rationale")
     train_roles = ("label", "rationale")

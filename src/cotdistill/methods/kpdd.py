@@ -138,6 +138,7 @@ class _KeyPoints(Method):
 
 class KPDDCoT(_KeyPoints):
     name = "kpdd_cot"
+    gold_stands_in = ("key points cut from the question's own sentences (its last is the core question) and the dataset's solutions stand in for the teacher's extracted key points and rationales")
     description = "key-point-driven CoT: core question, problem-solving information, step-by-step solution"
     prompts = Prompts(
         instruction=_INSTRUCTION + ' Finish with "The answer is <{answer_hint}>."',
@@ -167,6 +168,7 @@ class KPDDCoT(_KeyPoints):
 
 class KPDDPoT(_KeyPoints):
     name = "kpdd_pot"
+    gold_stands_in = ("key points cut from the question's own sentences and programs from the calculator annotations stand in for the teacher's key points and programs")
     runs_programs = True
     description = "key-point-driven PoT: core question, problem-solving information, then a Python program"
     prompts = Prompts(

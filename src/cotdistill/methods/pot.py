@@ -101,6 +101,7 @@ def check_programs(programs: Sequence[str | None], problems: Sequence[Problem],
 
 class PoT(Method):
     name = "pot"
+    gold_stands_in = ("programs built from the dataset's calculator annotations stand in for the teacher's programs")
     description = "program of thought: a Python program computing `answer`, run in the sandbox"
     prompts = PROMPTS
     runs_programs = True

@@ -84,6 +84,7 @@ def parse_questions(text: str) -> list[str]:
 
 class Socratic(Method):
     name = "socratic"
+    gold_stands_in = ("the GSM8K Socratic file's human-written sub-question chains stand in for the teacher's")
     description = "Socratic CoT: sub-question/sub-answer chain; question generator, solver or unified student"
     prompts = PROMPTS
     roles = ("unified", "qg", "qa")

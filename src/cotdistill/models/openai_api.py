@@ -1,5 +1,6 @@
 """Teachers behind any OpenAI-compatible chat server (OpenAI, vLLM, SGLang, llama.cpp
-server, Ollama): POST /chat/completions over aiohttp.
+server, Ollama): POST /chat/completions over aiohttp, or /completions with the prompt as
+plain text (`endpoint="completions"`) for base models that have no chat template.
 
 Why not the `openai` client: measured against a fixed-latency server at concurrency 64
 (benchmarks/annotation_throughput.py), its per-request overhead held the client to 85% of
@@ -9,7 +10,9 @@ aiohttp reaches 95%. Its retries also skip a 200 whose JSON body is cut short.
 
 Our retry loop covers 429, 5xx, timeouts, dropped connections and malformed bodies with
 exponential backoff and full jitter (honouring Retry-After), and gives up on a request after
-`max_retries`, leaving it undone for the next run rather than storing a failure.
+`max_retries`, leaving it undone for the next run rather than storing a failure. Each
+retry's cause is counted (`retry_causes`: an HTTP status, a timeout, a connection error),
+so a run can say why it retried, and what to change (`retry_hint`).
 
 Concurrency is a semaphore; requests- and tokens-per-minute limits are token buckets; the
 budget reserves each request's worst case (prompt estimate + max_tokens) before sending,
@@ -25,6 +28,7 @@ import json
 import os
 import random
 import time
+from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, fields, replace
 from typing import Any
@@ -55,6 +59,8 @@ class APIConfig:
     price_output: float = setting(0.0, "USD per million completion tokens")
     max_cost: float | None = setting(None, "hard cap on the job's spend in USD (earlier runs of the same job count)")
     max_tokens: int | None = setting(None, "hard cap on the job's prompt + completion tokens")
+    endpoint: str = setting("chat", "chat (/chat/completions) or completions (/completions: the prompt as plain "
+                                    "text, a blank line ends the reply; for base models without a chat template)")
 
     def __post_init__(self) -> None:
         if "://" in self.model:
@@ -67,6 +73,8 @@ class APIConfig:
                 ("--price-input", self.price_input, 0, False), ("--price-output", self.price_output, 0, False),
                 ("--max-cost", self.max_cost, 0, False), ("--max-tokens", self.max_tokens, 1, False)):
             at_least(option, value, low, strictly=strictly)
+        if self.endpoint not in ENDPOINTS:
+            raise CotdistillError(f"--endpoint {self.endpoint}: one of {', '.join(ENDPOINTS)}")
         if (not self.base_url and not os.environ.get("OPENAI_BASE_URL")
                 and not os.environ.get(self.api_key_env)):
             raise CotdistillError(f"openai:{self.model} goes to {DEFAULT_BASE_URL}, which needs a key: set "
@@ -118,6 +126,19 @@ class Fatal(Exception):
 FATAL = (401, 403, 404)
 REFUSALS_BEFORE_STOP = 5  # refused requests, none answered: a bad setting, not a bad prompt
 DEFAULT_BASE_URL = "https://api.openai.com/v1"
+ENDPOINTS = ("chat", "completions")
+
+
+def plain_prompt(messages: Messages) -> str:
+    """A conversation as the plain text a base model continues: each user turn, then
+    `Answer:` and the reply, the last `Answer:` left open (the layout local base models get)."""
+    parts = []
+    for message in messages:
+        if message["role"] == "assistant":
+            parts.append(f"Answer: {message['content']}\n\n")
+        else:
+            parts.append(f"{message['content']}\n")
+    return "".join(parts) + "Answer:"
 
 
 class Budget:
@@ -211,8 +232,10 @@ class PromptSizer:
 
 
 class OpenAITeacher:
-    def __init__(self, config: APIConfig):
+    def __init__(self, config: APIConfig, on_retry: Callable[[str], None] | None = None):
         self.config = config
+        self.on_retry = on_retry  # called with each retry's cause, e.g. to show it in a progress bar
+        self.retry_causes: Counter[str] = Counter()
         self.url = (config.base_url or os.environ.get("OPENAI_BASE_URL") or DEFAULT_BASE_URL).rstrip("/")
         self.headers = {"Authorization": f"Bearer {os.environ.get(config.api_key_env) or 'EMPTY'}",
                         "Content-Type": "application/json"}
@@ -289,12 +312,17 @@ class OpenAITeacher:
         connection errors and malformed bodies are retried; other 4xx are final."""
         import aiohttp
 
-        request: dict[str, Any] = {"model": self.config.model, "messages": messages, "temperature": temperature,
-                                   "seed": seed}
+        chat = self.config.endpoint == "chat"
+        request: dict[str, Any] = {"model": self.config.model, "temperature": temperature, "seed": seed}
+        request.update({"messages": messages} if chat else {"prompt": plain_prompt(messages)})
+        if not chat:  # in the plain layout a blank line ends a reply: a base model goes on to a next question
+            stop = list(dict.fromkeys(["\n\n", *stop]))
         if stop:
             request["stop"] = list(stop)[:4]  # OpenAI accepts at most four
         if self.config.top_logprobs:
-            request.update(logprobs=True, top_logprobs=self.config.top_logprobs)
+            request.update(logprobs=True, top_logprobs=self.config.top_logprobs) if chat else \
+                request.update(logprobs=self.config.top_logprobs)
+        path = "/chat/completions" if chat else "/completions"
         limit = self.token_limit
         body = json.dumps({**request, limit: max_new_tokens})
         reason = "no attempt"
@@ -302,11 +330,13 @@ class OpenAITeacher:
             started = time.perf_counter()
             wait = None
             try:
-                async with session.post(f"{self.url}/chat/completions", data=body) as response:
+                async with session.post(f"{self.url}{path}", data=body) as response:
                     status, raw = response.status, await response.read()
                     retry_after = response.headers.get("retry-after")
                 if status == 200:
-                    return self._completion(messages, json.loads(raw), time.perf_counter() - started)
+                    reply = json.loads(raw)
+                    return (self._completion(messages, reply, time.perf_counter() - started) if chat
+                            else self._text_completion(messages, reply, time.perf_counter() - started))
                 if status in FATAL:
                     raise Fatal(f"HTTP {status}: {_error_message(raw)}")
                 if status == 429:
@@ -317,20 +347,56 @@ class OpenAITeacher:
                         self.token_limit = "max_completion_tokens"  # remembered for every later request
                         return await self._complete(session, messages, seed, max_new_tokens, temperature, stop)
                     raise Refused(f"HTTP {status}: {message}")
-                reason = f"HTTP {status}: {_error_message(raw)}"
+                reason, cause = f"HTTP {status}: {_error_message(raw)}", f"HTTP {status}"
             except asyncio.TimeoutError:
-                reason = f"no complete reply within {self.config.timeout:g} s"
+                reason, cause = f"no complete reply within {self.config.timeout:g} s", "timeout"
             except aiohttp.ClientError as error:  # connection refused, reset, dropped
-                reason = f"{type(error).__name__}: {error}"
+                reason, cause = f"{type(error).__name__}: {error}", f"connection error ({type(error).__name__})"
             except (ValueError, MalformedReply) as error:
-                reason = f"a reply that is not a chat completion ({type(error).__name__})"
+                reason, cause = f"a reply that is not a chat completion ({type(error).__name__})", "malformed reply"
             if attempt == self.config.max_retries:
                 break
             self.retries += 1
+            self.retry_causes[cause] += 1
+            if self.on_retry:
+                self.on_retry(cause)
             cap = min(self.config.max_backoff, self.config.backoff * 2**attempt)
             # a server's wait gets up to 25% jitter, so the requests it told to wait do not all return at once
             await asyncio.sleep(wait * random.uniform(1.0, 1.25) if wait is not None else random.uniform(0, cap))
         raise GiveUp(f"{self.url}: {reason} (after {self.config.max_retries + 1} attempts)")
+
+    def retry_hint(self) -> str | None:
+        """What the retries so far suggest changing, or None: timeouts and 503s with several
+        requests in flight are mostly a server with fewer slots than `concurrency`."""
+        if not self.retry_causes:
+            return None
+        causes = ", ".join(f"{cause} x{count}" for cause, count in self.retry_causes.most_common())
+        busy = self.retry_causes["timeout"] + self.retry_causes["HTTP 503"] + self.retry_causes["HTTP 429"]
+        if busy and self.config.concurrency > 1:
+            return (f"retries: {causes}; {self.config.concurrency} requests in flight may exceed the server's slots "
+                    "(llama.cpp: --parallel N, vLLM: --max-num-seqs): lower --concurrency to them, or raise --timeout")
+        if busy:
+            return f"retries: {causes}; the server answers slowly: raise --timeout"
+        return f"retries: {causes}"
+
+    def _text_completion(self, messages: Messages, data: dict[str, Any], seconds: float) -> Completion:
+        """A /completions reply: its `text`, and its log-probs in that endpoint's older layout."""
+        try:
+            choice = data["choices"][0]
+            usage = data.get("usage") or {}
+            prompt_tokens, completion_tokens = int(usage.get("prompt_tokens", 0)), int(usage.get("completion_tokens", 0))
+            logprobs = None
+            scores = choice.get("logprobs") or {}
+            if self.config.top_logprobs and scores.get("tokens"):
+                logprobs = [[token, logprob, sorted(([t, lp] for t, lp in (top or {}).items()), key=lambda p: -p[1])]
+                            for token, logprob, top in zip(scores["tokens"], scores["token_logprobs"],
+                                                           scores.get("top_logprobs") or [])]
+            text = choice["text"]
+        except (TypeError, KeyError, IndexError, AttributeError) as error:
+            raise MalformedReply(repr(error)) from None
+        self.sizer.observe(messages, prompt_tokens)
+        return Completion(text or "", prompt_tokens, completion_tokens, choice.get("finish_reason") or "stop", seconds,
+                          self.config.cost(prompt_tokens, completion_tokens), logprobs)
 
     def _completion(self, messages: Messages, data: dict[str, Any], seconds: float) -> Completion:
         try:

@@ -14,6 +14,7 @@ import math
 import shutil
 import sys
 import time
+from collections import Counter
 from collections.abc import Sequence
 from contextlib import nullcontext
 from dataclasses import MISSING, fields
@@ -47,6 +48,7 @@ def train(
     task: str | None = None,
     split: str | None = "train",
     roles: list[str] | None = None,
+    teacher: str | None = None,
     callbacks: Sequence[TrainerCallback] = (),
     **config: Any,
 ) -> Path:
@@ -56,6 +58,8 @@ def train(
     `unified`; decompose `decomposer` or `solver`); default: the method's `train_roles`.
     `config` takes any `TrainConfig` field: the objective (sft, multitask, mi, kd) and its
     weights, formats to mix, a dev set, LoRA, and every TrainingArguments field.
+    `teacher` takes only that teacher's annotations; without it, every teacher's, and the
+    summary counts each one's (`teachers`), which the report shows.
     """
     output = student_dir(run_dir, name)
     if name in ALIASES:  # `eval --model NAME` would run this student where the report says the base model
@@ -67,7 +71,8 @@ def train(
         raise CotdistillError(f"train: {error}") from None
     run_name = f"train:{name}"
     the_method = get_method(method)
-    settings, defaults = _recorded(args, config, student=student, method=method, task=task, split=split, roles=roles)
+    settings, defaults = _recorded(args, config, student=student, method=method, task=task, split=split, roles=roles,
+                                   teacher=teacher)
     roles = list(roles or the_method.train_roles)
     produced = any((output / "checkpoints").glob("checkpoint-*"))
     main = PartialState().is_main_process  # under `accelerate launch`, one process keeps the records
@@ -83,7 +88,11 @@ def train(
             print(f"note: student {name} is recorded as done, but {broken}: rebuilding it from its last "
                   "checkpoint", file=sys.stderr)
         _check_objective(args, the_method, roles)
-        dev, pairs = _setup_data(args, store, the_method, roles, task, split)
+        dev, pairs = _setup_data(args, store, the_method, roles, task, split, teacher)
+        teachers = dict(Counter(a.teacher for a in {a.key: a for a, _ in pairs}.values()).most_common())
+        if len(teachers) > 1:  # allowed (more data), but never silent: the report shows it too
+            print(f"train {name}: annotations of {len(teachers)} teachers mixed ("
+                  + ", ".join(f"{t} {n}" for t, n in teachers.items()) + "); --teacher NAME takes one", file=sys.stderr)
         model, tokenizer = _setup_model(args, student)
         teacher = _kd_teacher(args, tokenizer) if OBJECTIVES[args.objective].teacher_model and args.kd_teacher else None
         items, logprobs, groups = _items(args, store, the_method, pairs, tokenizer, teacher)
@@ -99,7 +108,7 @@ def train(
             tokenizer.save_pretrained(output)
             summary = _summary(trainer, loss, seconds, last, len(dev), student=student, method=method, roles=roles,
                                objective=args.objective, examples=len(items), lora=args.lora,
-                               examples_shortened=trainer.shortened)
+                               examples_shortened=trainer.shortened, teachers=teachers)
             (output / "cotdistill.json").write_text(json.dumps(summary, indent=2))
             store.finish_run(run_name, summary)
     return output
@@ -144,18 +153,19 @@ def _recorded(args: TrainConfig, config: dict[str, Any], **run: Any) -> tuple[di
     """The run's settings as given (one left out stands for its TrainConfig default, the
     store's rule), with the learning rate the mode resolved; and those defaults."""
     settings = {**run, "roles": run["roles"] or None, **config, "learning_rate": args.learning_rate}
-    defaults = {"roles": None, **{f.name: f.default for f in fields(TrainConfig) if f.default is not MISSING},
+    defaults = {"roles": None, "teacher": None, **{f.name: f.default for f in fields(TrainConfig) if f.default is not MISSING},
                 "learning_rate": default_learning_rate(args.lora)}
     return settings, defaults
 
 
 def _setup_data(args: TrainConfig, store: Store, method: Method, roles: list[str], task: str | None,
-                split: str | None) -> tuple[list[Problem], list[tuple[Annotation, Any]]]:
+                split: str | None, teacher: str | None = None) -> tuple[list[Problem], list[tuple[Annotation, Any]]]:
     """The dev problems (if any) and the stored (annotation, example) pairs to train on,
     without a dev question among them (by its text: whichever file or split it was annotated
     from, GSM8K's original or its Socratic copy)."""
     dev = _dev_problems(args)
-    pairs = stored_examples(store, method, roles, task, split, **({"gold_label": True} if args.gold_label else {}))
+    pairs = stored_examples(store, method, roles, task, split, teacher,
+                            **({"gold_label": True} if args.gold_label else {}))
     if not dev:
         return dev, pairs
     questions = {p.question for p in dev}
