@@ -158,7 +158,7 @@ def annotations(
                 and not (rejected and row["kept"]) and not (kept and not row["kept"])
                 and (reason is None or reason.lower() in row["reason"].lower()))
 
-    with Store(run_dir) as store:
+    with Store(run_dir, create=False) as store:  # a reading verb: a mistyped --run-dir makes no run
         counts = [r for r in store.annotation_counts() if wanted(r)]
         table = Table("method", "teacher", "task", "kept", "reason", "replies")
         for r in counts:
@@ -168,12 +168,11 @@ def annotations(
         for name in dict.fromkeys(r["method"] for r in counts):
             rows = [a for a in store.annotations(name, kept_only=False, teacher=teacher)
                     if wanted({"teacher": a.teacher, "method": a.method, "kept": a.kept, "reason": a.reason})]
-            golds = {(p_task, p_split): {p.id: p.answer for p in store.problems(p_task, p_split)}
-                     for p_task, p_split in {(a.task, a.split) for a in rows}}
+            golds = {key: p.answer for key, p in store.problems(a.problem_key for a in rows).items()}
             for a in rows[: max(0, limit - shown)]:
                 verdict = "kept" if a.kept else f"rejected: {a.reason}"
                 console.rule(f"{a.method} {a.task}:{a.problem_id} #{a.sample} by {a.teacher}: {verdict}", align="left")
-                console.print(f"answer {a.answer!r}, gold {golds[(a.task, a.split)].get(a.problem_id)!r}, "
+                console.print(f"answer {a.answer!r}, gold {golds.get(a.problem_key)!r}, "
                               f"{a.completion_tokens} tokens, finish {a.finish_reason}", highlight=False)
                 text = a.text if len(a.text) <= width else a.text[:width] + f" ... [{len(a.text) - width} more characters]"
                 console.print(text or "(empty reply)", markup=False, highlight=False)
