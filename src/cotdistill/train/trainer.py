@@ -15,6 +15,7 @@ import torch
 from torch.utils.data import DataLoader
 from transformers import Trainer, TrainerCallback, set_seed
 
+from cotdistill.errors import CotdistillError
 from cotdistill.methods import Example
 from cotdistill.train import objectives
 from cotdistill.train.config import TrainConfig
@@ -25,11 +26,12 @@ CRITIC_FILE = "mi_critic.pt"
 
 class DistillTrainer(Trainer):
     def __init__(self, *args: Any, teacher: Any = None, critic: torch.nn.Module | None = None,
-                 groups: Sequence[int] | None = None, dev: Any = None, **kwargs: Any):
+                 groups: Sequence[int] | None = None, dev: Any = None, objective: objectives.Objective | None = None,
+                 **kwargs: Any):
         super().__init__(*args, **kwargs)
         self.teacher, self.critic, self.groups, self.dev = teacher, critic, groups, dev
         self.parts: dict[str, list[float]] = {}
-        self.objective = objectives.OBJECTIVES[self.args.objective]
+        self.objective = objective or objectives.OBJECTIVES[self.args.objective]
         # Only plain SFT normalises by the tokens of all accumulated batches; the others
         # average per batch (per task), so the Trainer scales them for accumulation.
         self.model_accepts_loss_kwargs = isinstance(self.objective, objectives.SFT)
@@ -124,6 +126,9 @@ def make_trainer(model: Any, tokenizer: Any, config: TrainConfig, items: Sequenc
     `teacher` a white-box kd teacher; `groups` a format index per item (one format per batch);
     `dev` a callable model -> metrics with "accuracy"."""
     seq2seq = bool(model.config.is_encoder_decoder)
+    objective = objectives.OBJECTIVES[config.objective].build(config, tokenizer)
+    if seq2seq and isinstance(objective, objectives.OnPolicy):
+        raise CotdistillError("objective on-policy samples from a decoder-only student; pick a causal model")
     if config.lora:
         from peft import LoraConfig, get_peft_model
 
@@ -138,7 +143,8 @@ def make_trainer(model: Any, tokenizer: Any, config: TrainConfig, items: Sequenc
         ))
 
     def tokenize(example: Example) -> dict[str, Any]:
-        return tokenize_example(tokenizer, example.messages, example.completion, config.max_length, seq2seq)
+        feature = tokenize_example(tokenizer, example.messages, example.completion, config.max_length, seq2seq)
+        return {**feature, **objective.feature(tokenizer, example, feature)}
 
     features: list[dict[str, Any]] = []
     for item in items:
@@ -151,11 +157,12 @@ def make_trainer(model: Any, tokenizer: Any, config: TrainConfig, items: Sequenc
         token_map = TokenMap(tokenizer)
         for feature, logprobs in zip(features, teacher_logprobs):
             add_teacher_distribution(feature, token_map, logprobs)
-    critic = objectives.OBJECTIVES[config.objective].critic(config, model.config.get_text_config().hidden_size)
+    critic = objective.critic(config, model.config.get_text_config().hidden_size)
     if critic is not None:
         critic = critic.to(config.device)
     if teacher is not None:
         teacher.eval().requires_grad_(False)
-    return DistillTrainer(model=model, args=config, train_dataset=features, data_collator=Collator(tokenizer.pad_token_id),
+    return DistillTrainer(model=model, args=config, train_dataset=features,
+                          data_collator=Collator(tokenizer.pad_token_id, objective.fields),
                           eval_dataset=[] if dev else None,  # evaluation generates on `dev`'s problems instead
-                          teacher=teacher, critic=critic, groups=groups, dev=dev)
+                          teacher=teacher, critic=critic, groups=groups, dev=dev, objective=objective)
