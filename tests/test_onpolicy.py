@@ -99,7 +99,8 @@ def test_lmbda_0_is_supervised_kd_on_the_fixed_sequences(tiny_model):
     teacher, _ = load_model(str(tiny_model))
     torch.nn.init.normal_(teacher.model.layers[1].mlp.down_proj.weight, std=0.5)
     trainer = make_trainer(student, tokenizer, config(lmbda=0.0, jsd_beta=0.0, teacher=str(tiny_model)), _examples())
-    trainer.objective.step.teacher = LocalTeacher(teacher, tokenizer.pad_token_id)  # the perturbed one
+    step = trainer.objective.step  # its teacher of both kinds of step: the perturbed model
+    step.teacher = step.fixed_teacher = LocalTeacher(teacher, tokenizer.pad_token_id)
     batch = Collator(tokenizer.pad_token_id, trainer.objective.fields)(trainer.train_dataset)
     with torch.no_grad():
         ours = trainer.compute_loss(student, batch)
@@ -157,6 +158,9 @@ def test_on_policy_trains_a_student_from_the_cli_settings(tmp_path, tiny_model):
                    max_steps=2, per_device_train_batch_size=2, logging_steps=1, **QUIET)
     summary = json.loads((output / "cotdistill.json").read_text())
     assert summary["objective"] == "on-policy" and summary["steps"] == 2 and summary["train_loss"] >= 0
+    parts = summary["seconds_by_part"]
+    assert set(parts) == {"rollout", "teacher", "student_loss"} and parts["rollout"] > 0
+    assert sum(parts.values()) < summary["seconds"]
 
 
 @pytest.mark.parametrize("settings, message", [(dict(jsd_beta=1.5), "jsd_beta must be within"),

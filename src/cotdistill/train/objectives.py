@@ -137,9 +137,14 @@ class Objective:
     teacher_model: bool = False  # can learn from a local teacher model's logits (kd_teacher)
     fields: tuple[str, ...] = ()  # per-example fields beyond input_ids/labels that its loss reads
 
-    def build(self, config: Any, tokenizer: Any) -> Objective:
-        """The objective with its settings (and whatever it loads, e.g. a teacher)."""
+    def build(self, config: Any, tokenizer: Any, store: Any = None) -> Objective:
+        """The objective with its settings (and whatever it loads, e.g. a teacher); `store`:
+        the run's store, for what the objective caches."""
         return self
+
+    def summary(self) -> dict[str, Any]:
+        """What the objective adds to the student's record."""
+        return {}
 
     def feature(self, tokenizer: Any, example: Any, tokenized: dict[str, Any]) -> dict[str, Any]:
         """The `fields` of one tokenized example."""
@@ -253,18 +258,36 @@ class OnPolicy(Objective):
     name = "on-policy"
     fields = ("prompt_ids", "completion_ids", "teacher_prompt_ids", "messages")
 
-    def __init__(self, step: Any = None, privileged: bool = False):
+    def __init__(self, step: Any = None, privileged: bool = False, cache: Any = None):
         self.step = step  # an onpolicy.OnPolicyLoss once built
         self.privileged = privileged  # the teacher's prompt holds the rationale (self-distillation)
+        self.cache = cache  # the teacher log-prob cache of the fixed sequences (train/cache.py), if any
 
-    def build(self, config: Any, tokenizer: Any) -> Objective:
+    def build(self, config: Any, tokenizer: Any, store: Any = None) -> Objective:
         from cotdistill.train.onpolicy import OnPolicyLoss, OnPolicySettings
         from cotdistill.train.teachers import load_teacher
 
         settings = OnPolicySettings(beta=config.jsd_beta, lmbda=config.lmbda, temperature=config.rollout_temperature,
                                     max_new_tokens=config.max_new_tokens, chunk=config.loss_chunk, seed=config.seed)
         teacher = load_teacher(config.teacher, tokenizer, str(config.device), config.teacher_api)
-        return OnPolicy(OnPolicyLoss(settings, teacher, tokenizer), privileged=config.teacher == "self")
+        cached = None
+        if store is not None and config.teacher != "self":  # the self teacher costs one local forward
+            from cotdistill.models.openai_api import api_config
+            from cotdistill.train.cache import CachedTeacher
+
+            api = api_config(config.teacher, config.teacher_api)
+            cached = CachedTeacher(teacher, store, config.teacher, api.top_logprobs if api else 20, api)
+        return OnPolicy(OnPolicyLoss(settings, teacher, tokenizer, cached), config.teacher == "self", cached)
+
+    def summary(self) -> dict[str, Any]:
+        """Seconds spent in rollouts, teacher scoring and the student's forward + loss (the
+        rest of `seconds` is the backward pass and the update), and the cache's figures."""
+        out: dict[str, Any] = {"seconds_by_part": {k: round(v, 2) for k, v in self.step.seconds.items()}}
+        if self.cache is not None:
+            spent = self.cache.store.teacher_logprob_spend(self.cache.name)
+            out["teacher_cache"] = {"hits": self.cache.hits, "misses": self.cache.misses, **spent,
+                                    "bytes_per_token": spent["bytes"] / max(1, spent["tokens"])}
+        return out
 
     def feature(self, tokenizer: Any, example: Any, tokenized: dict[str, Any]) -> dict[str, Any]:
         from cotdistill.models import encode_prompt

@@ -90,7 +90,7 @@ class TeacherScores:
     name the batch row and the completion token. Either the whole vocabulary
     (`full(start, end)` -> log-probs [end - start, V], made a chunk at a time) or top-k ids
     and log-probs [N, k] (-inf: no entry) with an optional tail log-mass [N]; `uld` [N, k]
-    the teacher's sorted probabilities where the ULD term applies (zeros elsewhere)."""
+    the teacher's sorted probabilities (zero-padded) where the ULD term applies, NaN rows elsewhere."""
 
     rows: torch.Tensor
     positions: torch.Tensor
@@ -129,8 +129,9 @@ def _chunk_loss(hidden: torch.Tensor, head: torch.nn.Module, teacher: torch.Tens
         loss = generalized_jsd(student, teacher, beta)
     else:
         loss = generalized_jsd(*top_k_buckets(student, ids, teacher, tail), beta)
-    if uld_probs is not None:
-        loss = loss + uld(student, uld_probs)
+    if uld_probs is not None:  # NaN rows: no ULD term
+        applies = ~torch.isnan(uld_probs[:, 0])
+        loss = loss + torch.where(applies, uld(student, uld_probs.nan_to_num(0.0)), 0.0)
     return loss.sum()
 
 
@@ -224,8 +225,11 @@ class OnPolicyLoss:
     """One step of on-policy distillation: choose on-policy or fixed sequences, roll out,
     score with the teacher, and the chunked generalized JSD; times each part."""
 
-    def __init__(self, settings: OnPolicySettings, teacher: Teacher, tokenizer: Any):
+    def __init__(self, settings: OnPolicySettings, teacher: Teacher, tokenizer: Any, fixed_teacher: Teacher | None = None):
+        """`fixed_teacher`: scores the fixed sequences (the teacher behind the store's cache), if not `teacher`."""
         self.settings, self.teacher, self.tokenizer = settings, teacher, tokenizer
+        self.fixed_teacher = fixed_teacher or teacher
+        self.seconds = {"rollout": 0.0, "teacher": 0.0, "student_loss": 0.0}  # this process's totals
 
     def on_policy(self, step: int) -> bool:
         """Whether this optimizer step learns from the student's own samples (prob. lmbda)."""
@@ -235,7 +239,8 @@ class OnPolicyLoss:
         s = self.settings
         prompts = inputs["prompt_ids"]
         started = time.perf_counter()
-        if self.on_policy(step):
+        on_policy = self.on_policy(step)
+        if on_policy:
             unwrapped = getattr(model, "module", model)
             completions = rollout(unwrapped, self.tokenizer, prompts, s.max_new_tokens, s.temperature,
                                   s.seed * 1_000_003 + step)
@@ -243,14 +248,18 @@ class OnPolicyLoss:
             completions = inputs["completion_ids"]
         rollout_done = time.perf_counter()
         batch = Rollouts(prompts, completions, inputs["teacher_prompt_ids"], inputs["messages"])
-        scores = self.teacher.score(getattr(model, "module", model), batch)
+        teacher = self.teacher if on_policy else self.fixed_teacher
+        scores = teacher.score(getattr(model, "module", model), batch)
         teacher_done = time.perf_counter()
         device = next(model.parameters()).device
         hidden = states_at(model, prompts, completions, scores.rows.to(device), scores.positions.to(device),
                            self.tokenizer.pad_token_id)
         head = getattr(model, "module", model).get_output_embeddings()
         loss = chunked_loss(hidden, head, scores, s.beta, s.chunk)
-        parts = {"on_policy": float(self.on_policy(step)), "rollout_seconds": rollout_done - started,
+        for name, seconds in (("rollout", rollout_done - started), ("teacher", teacher_done - rollout_done),
+                              ("student_loss", time.perf_counter() - teacher_done)):
+            self.seconds[name] += seconds
+        parts = {"on_policy": float(on_policy), "rollout_seconds": rollout_done - started,
                  "teacher_seconds": teacher_done - rollout_done,
                  "completion_tokens": sum(map(len, completions)) / max(1, len(completions)),
                  "scored_tokens": float(len(scores))}

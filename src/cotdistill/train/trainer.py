@@ -120,13 +120,13 @@ Item = Example | Mapping[str, Example]
 
 def make_trainer(model: Any, tokenizer: Any, config: TrainConfig, items: Sequence[Item],
                  teacher_logprobs: Sequence[list[Any] | None] | None = None, teacher: Any = None,
-                 groups: Sequence[int] | None = None, dev: Any = None) -> DistillTrainer:
+                 groups: Sequence[int] | None = None, dev: Any = None, store: Any = None) -> DistillTrainer:
     """A trainer over `items`: examples, or {"label": ..., "rationale": ...} pairs for the
     multitask objectives. `teacher_logprobs` (parallel to items) are stored top-k for kd;
     `teacher` a white-box kd teacher; `groups` a format index per item (one format per batch);
-    `dev` a callable model -> metrics with "accuracy"."""
+    `dev` a callable model -> metrics with "accuracy"; `store` the run's (the objective's cache)."""
     seq2seq = bool(model.config.is_encoder_decoder)
-    objective = objectives.OBJECTIVES[config.objective].build(config, tokenizer)
+    objective = objectives.OBJECTIVES[config.objective].build(config, tokenizer, store)
     if seq2seq and isinstance(objective, objectives.OnPolicy):
         raise CotdistillError("objective on-policy samples from a decoder-only student; pick a causal model")
     if config.lora:
