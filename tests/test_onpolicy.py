@@ -178,3 +178,14 @@ def test_no_scored_token_gives_a_zero_loss_with_a_gradient_path():
     hidden = torch.zeros(0, 4, requires_grad=True)
     empty = TeacherScores(*all_positions([[]], "cpu"))
     assert chunked_loss(hidden, torch.nn.Linear(4, 5), empty, 0.5, 8).item() == 0.0
+
+
+def test_the_on_policy_recipe_runs_end_to_end_sized_down(tmp_path, tiny_model):
+    from cotdistill.recipe import run_recipe
+
+    sizes = {"student": str(tiny_model), "train_limit": 8, "eval_limit": 2, "extra_steps": 2, "batch_size": 4,
+             "max_new_tokens": 6, "eval_tokens": 6}
+    run_dir = run_recipe("on-policy", tmp_path / "run", settings=sizes, scale="small")
+    record = json.loads((run_dir / "students" / "on-policy" / "cotdistill.json").read_text())
+    assert record["objective"] == "on-policy" and record["steps"] == 2
+    assert "| on-policy |" in (run_dir / "report.md").read_text()
