@@ -90,3 +90,17 @@ def test_a_teacher_with_another_tokenizer_scores_through_the_alignment_and_teach
     loss.backward()
     assert torch.isfinite(loss) and loss > 0
     assert student.model.layers[0].self_attn.q_proj.weight.grad.abs().sum() > 0
+
+
+def test_train_on_policy_with_a_teacher_of_another_tokenizer(tmp_path, tiny_model, other_tokenizer_model):
+    import json
+
+    from cotdistill.annotate import annotate
+    from cotdistill.train import train
+
+    annotate(tmp_path, "arith", limit=4)
+    output = train(tmp_path, student=str(tiny_model), objective="on-policy", teacher=str(other_tokenizer_model),
+                   lmbda=0.5, max_new_tokens=8, max_steps=2, per_device_train_batch_size=2, report_to="none",
+                   disable_tqdm=True)
+    record = json.loads((output / "cotdistill.json").read_text())
+    assert record["steps"] == 2 and record["seconds_by_part"]["teacher"] > 0 and "teacher_cache" in record
