@@ -422,7 +422,8 @@ class Store:
         self._teacher_logprobs_table()
         with self.db:
             self.db.executemany("INSERT OR IGNORE INTO teacher_logprobs VALUES (?, ?, ?, ?, ?, ?, ?)",
-                                [(key, teacher, n, blob, prompt, cost, time.time()) for key, n, blob, prompt, cost in rows])
+                                [(key, teacher, n, blob, prompt, cost, time.time())
+                                 for key, n, blob, prompt, cost in rows])
 
     def teacher_logprob_spend(self, teacher: str) -> dict[str, float]:
         """Sequences, tokens, bytes, prompt tokens sent and cost cached for one teacher."""

@@ -36,7 +36,7 @@ DEFAULT_TOP_K = 20
 
 def _byte_decoder() -> dict[str, int]:
     """GPT-2's byte-level alphabet, inverted: the printable character standing for each byte."""
-    printable = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
+    printable = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1), *range(ord("®"), ord("ÿ") + 1)]
     codes = printable[:]
     extra = 0
     for b in range(256):
@@ -135,7 +135,8 @@ class TextTeacher:
                 self.by_bytes[self.pieces[token_id]] = token_id
 
     @classmethod
-    def local(cls, model: Any, teacher_tokenizer: Any, student_tokenizer: Any, top_k: int = DEFAULT_TOP_K) -> TextTeacher:
+    def local(cls, model: Any, teacher_tokenizer: Any, student_tokenizer: Any,
+              top_k: int = DEFAULT_TOP_K) -> TextTeacher:
         return cls(student_tokenizer, LocalTextScorer(model, teacher_tokenizer, top_k), top_k)
 
     @classmethod

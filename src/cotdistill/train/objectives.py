@@ -303,7 +303,8 @@ class OnPolicy(Objective):
     def loss(self, trainer: Any, model: Any, inputs: dict[str, Any],
              num_items_in_batch: torch.Tensor | int | None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         if self.step is None:
-            raise RuntimeError("objective on-policy is used unbuilt: call OBJECTIVES['on-policy'].build(config, tokenizer)")
+            raise RuntimeError("objective on-policy is used unbuilt: "
+                               "call OBJECTIVES['on-policy'].build(config, tokenizer)")
         loss, parts = self.step(model, inputs, trainer.state.global_step)
         return loss, {name: torch.tensor(value) for name, value in parts.items()}
 

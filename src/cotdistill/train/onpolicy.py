@@ -225,7 +225,8 @@ class OnPolicyLoss:
     """One step of on-policy distillation: choose on-policy or fixed sequences, roll out,
     score with the teacher, and the chunked generalized JSD; times each part."""
 
-    def __init__(self, settings: OnPolicySettings, teacher: Teacher, tokenizer: Any, fixed_teacher: Teacher | None = None):
+    def __init__(self, settings: OnPolicySettings, teacher: Teacher, tokenizer: Any,
+                 fixed_teacher: Teacher | None = None):
         """`fixed_teacher`: scores the fixed sequences (the teacher behind the store's cache), if not `teacher`."""
         self.settings, self.teacher, self.tokenizer = settings, teacher, tokenizer
         self.fixed_teacher = fixed_teacher or teacher
