@@ -120,10 +120,11 @@ train(sys.argv[1], callbacks=[Kill()], **{settings})
 """
 
 
-@pytest.mark.parametrize("objective", ["sft", "mi"])
+@pytest.mark.parametrize("objective", ["sft", "mi", "on-policy"])
 def test_training_killed_after_a_checkpoint_resumes_to_the_uninterrupted_weights(tmp_path, tiny_model, objective):
     """SIGKILL right after checkpoint-2, rerun: the final weights equal an uninterrupted run's
-    (mi also carries its learned critic across the kill)."""
+    (mi also carries its learned critic across the kill; on-policy samples what it would have,
+    its rollouts being seeded by the step)."""
     import subprocess
     import sys
 

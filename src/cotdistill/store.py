@@ -498,6 +498,39 @@ class Store:
     def metrics(self, run: str) -> dict[str, float]:
         return {r[0]: r[1] for r in self.db.execute("SELECT name, value FROM metrics WHERE run = ?", (run,))}
 
+    # The teacher log-prob cache (train/cache.py): one row per scored sequence, its top-k in
+    # a compact blob. Its own table, made on first use, so stores without it are untouched.
+    def _teacher_logprobs_table(self) -> None:
+        self.db.executescript("""CREATE TABLE IF NOT EXISTS teacher_logprobs (
+            key TEXT PRIMARY KEY, teacher TEXT NOT NULL, tokens INTEGER NOT NULL, data BLOB NOT NULL,
+            prompt_tokens INTEGER NOT NULL, cost REAL NOT NULL, created REAL NOT NULL)""")
+
+    def teacher_logprobs(self, keys: Sequence[str]) -> dict[str, bytes]:
+        """The cached blobs of these sequence keys (those present)."""
+        self._teacher_logprobs_table()
+        found = {}
+        for start in range(0, len(keys), 500):
+            chunk = list(keys[start : start + 500])
+            found.update(self.db.execute(f"SELECT key, data FROM teacher_logprobs WHERE key IN "
+                                         f"({','.join('?' * len(chunk))})", chunk).fetchall())
+        return found
+
+    def add_teacher_logprobs(self, teacher: str, rows: Iterable[tuple[str, int, bytes, int, float]]) -> None:
+        """(key, tokens scored, blob, prompt tokens sent, cost) per sequence; a key already there is kept."""
+        self._teacher_logprobs_table()
+        with self.db:
+            self.db.executemany("INSERT OR IGNORE INTO teacher_logprobs VALUES (?, ?, ?, ?, ?, ?, ?)",
+                                [(key, teacher, n, blob, prompt, cost, time.time())
+                                 for key, n, blob, prompt, cost in rows])
+
+    def teacher_logprob_spend(self, teacher: str) -> dict[str, float]:
+        """Sequences, tokens, bytes, prompt tokens sent and cost cached for one teacher."""
+        self._teacher_logprobs_table()
+        row = self.db.execute("SELECT COUNT(*), COALESCE(SUM(tokens), 0), COALESCE(SUM(LENGTH(data)), 0), "
+                              "COALESCE(SUM(prompt_tokens), 0), COALESCE(SUM(cost), 0) FROM teacher_logprobs "
+                              "WHERE teacher = ?", (teacher,)).fetchone()
+        return dict(zip(("sequences", "tokens", "bytes", "prompt_tokens", "cost"), row))
+
 
 def _problem_row(p: Problem) -> tuple[Any, ...]:
     return (p.key, p.task, p.id, p.question, p.answer, p.kind, json.dumps(p.gold), p.repeat)

@@ -498,3 +498,61 @@ class APIModel:
 
     def flops(self, tokens: int) -> float:
         return 0.0  # unknown for a remote model: its cost is counted in USD
+
+
+def echo_logprobs(config: APIConfig, texts: Sequence[str]) -> list[dict[str, Any]]:
+    """Each text's own per-token log-probs from a server: POST /completions with `echo`,
+    `logprobs` (the top-k) and one generated token, the legacy OpenAI route that vLLM and
+    llama-cpp-python serve with the prompt's log-probs (llama.cpp's own server: its
+    /completion with `n_probs`; OpenAI's hosted models no longer echo). Returns each reply's
+    `logprobs` object: tokens, text_offset, token_logprobs, top_logprobs. Retries as the chat
+    client does; a text that fails every retry stops the run (the trainer resumes from its
+    last checkpoint), since a step cannot learn from a teacher that did not answer."""
+    return asyncio.run(_echo_logprobs(config, texts))
+
+
+async def _echo_logprobs(config: APIConfig, texts: Sequence[str]) -> list[dict[str, Any]]:
+    import aiohttp
+
+    from cotdistill.errors import EnvironmentProblem
+
+    url = (config.base_url or os.environ.get("OPENAI_BASE_URL") or DEFAULT_BASE_URL).rstrip("/") + "/completions"
+    headers = {"Authorization": f"Bearer {os.environ.get(config.api_key_env) or 'EMPTY'}"}
+    gate = asyncio.Semaphore(config.concurrency)
+
+    async def one(session: aiohttp.ClientSession, text: str) -> dict[str, Any]:
+        request = {"model": config.model, "prompt": text, "max_tokens": 1, "temperature": 0.0, "echo": True,
+                   "logprobs": config.top_logprobs}
+        reason = "no attempt"
+        async with gate:
+            for attempt in range(config.max_retries + 1):
+                wait = None
+                try:
+                    async with session.post(url, json=request) as response:
+                        status, raw = response.status, await response.read()
+                        retry_after = response.headers.get("retry-after")
+                    if status == 200:
+                        logprobs = json.loads(raw)["choices"][0]["logprobs"]
+                        if not logprobs or "text_offset" not in logprobs:
+                            raise CotdistillError(f"{url}: the server returned no echoed log-probs; it needs "
+                                                  "/v1/completions with echo and logprobs (vLLM, llama-cpp-python "
+                                                  "started with --logits_all true)")
+                        return logprobs
+                    if status < 500 and status not in (408, 409, 429):
+                        raise CotdistillError(f"teacher {config.model} at {url}: HTTP {status}: {_error_message(raw)}")
+                    wait = _seconds(retry_after) if status == 429 else None
+                    reason = f"HTTP {status}: {_error_message(raw)}"
+                except asyncio.TimeoutError:
+                    reason = f"no complete reply within {config.timeout:g} s"
+                except aiohttp.ClientError as error:
+                    reason = f"{type(error).__name__}: {error}"
+                except (ValueError, KeyError, IndexError, TypeError) as error:
+                    reason = f"a reply that is not a completion ({type(error).__name__})"
+                if attempt < config.max_retries:
+                    cap = min(config.max_backoff, config.backoff * 2**attempt)
+                    await asyncio.sleep(wait if wait is not None else random.uniform(0, cap))
+        raise EnvironmentProblem(f"teacher {config.model} at {url}: {reason} (after {config.max_retries + 1} attempts)")
+
+    timeout = aiohttp.ClientTimeout(total=config.timeout)
+    async with aiohttp.ClientSession(timeout=timeout, headers=headers) as session:
+        return list(await asyncio.gather(*(one(session, t) for t in texts)))

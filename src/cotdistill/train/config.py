@@ -45,6 +45,13 @@ class TrainConfig(TrainingArguments):
     mi_estimator: str = option("mi_estimator")
     kd_weight: float = option("kd_weight")
     kd_teacher: str | None = option("kd_teacher")
+    teacher: str = option("teacher")
+    teacher_api: dict | None = option("teacher_api")
+    jsd_beta: float = option("jsd_beta")
+    lmbda: float = option("lmbda")
+    rollout_temperature: float = option("rollout_temperature")
+    max_new_tokens: int = option("max_new_tokens")
+    loss_chunk: int = option("loss_chunk")
     formats: str | None = option("formats")
     demonstrations: int = option("demonstrations")
     # model selection on a dev set
@@ -104,6 +111,7 @@ class TrainConfig(TrainingArguments):
             in_range(setting, value, 0, 1)
         for setting, value in (("beta", self.beta), ("num_train_epochs", self.num_train_epochs)):
             in_range(setting, value, 0, float("inf"), high_open=True)
+        _on_policy_ranges(self)
         if self.num_train_epochs <= 0 and self.max_steps <= 0:
             raise ValueError("epochs must be > 0 (or max_steps set): a student trained for no step is not trained")
         unknown = set(self.format_list) - set(FORMATS)
@@ -122,3 +130,12 @@ class TrainConfig(TrainingArguments):
         if not self.formats:
             return []
         return [f.strip() for f in self.formats.split(",")] if isinstance(self.formats, str) else list(self.formats)
+
+
+def _on_policy_ranges(config: TrainConfig) -> None:
+    for name in ("jsd_beta", "lmbda"):
+        if not 0 <= getattr(config, name) <= 1:
+            raise ValueError(f"{name} must be within [0, 1], not {getattr(config, name):g}")
+    at_least("rollout_temperature", config.rollout_temperature, 0, strictly=True)
+    at_least("max_new_tokens", config.max_new_tokens, 1)
+    at_least("loss_chunk", config.loss_chunk, 0)

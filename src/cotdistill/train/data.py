@@ -94,10 +94,12 @@ def _pad(rows: Sequence[Sequence[Any]], fill: Any) -> list[list[Any]]:
 class Collator:
     """Right-pads a batch to its longest example; padding never counts in the loss.
     Paired features ({"label": ..., "rationale": ...}) become one padded batch per task;
-    teacher distributions become [batch, labels, k] tensors aligned with `labels`."""
+    teacher distributions become [batch, labels, k] tensors aligned with `labels`; the
+    objective's declared `fields` come through as one list per field."""
 
-    def __init__(self, pad_token_id: int):
+    def __init__(self, pad_token_id: int, fields: Sequence[str] = ()):
         self.pad_token_id = pad_token_id
+        self.fields = tuple(fields)  # the objective's own per-example fields, passed through as lists
 
     def __call__(self, features: Sequence[dict[str, Any]]) -> dict[str, Any]:
         if "rationale" in features[0]:
@@ -109,6 +111,7 @@ class Collator:
         }
         if "kd_positions" in features[0]:
             batch["kd_ids"], batch["kd_logprobs"] = _teacher_tensors(features, batch["labels"].shape[1])
+        batch.update({name: [f[name] for f in features] for name in self.fields})
         return batch
 
 

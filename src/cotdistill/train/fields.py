@@ -20,7 +20,7 @@ FIELDS: dict[str, tuple[Any, str]] = {
     "learning_rate": (None, f"peak learning rate; default {LEARNING_RATE[True]:g} with LoRA, "
                             f"{LEARNING_RATE[False]:g} for full fine-tuning"),
     "objective": ("sft", "sft | multitask (dss: label + rationale tasks) | mi (multitask + mutual information) "
-                         "| kd (distribution matching)"),
+                         "| kd (distribution matching) | on-policy (the teacher scores the student's own samples)"),
     "alpha": (0.5, "multitask/mi: L = alpha*L_label + (1-alpha)*L_rationale"),
     "gold_label": (False, "teach the dataset's answer, not the teacher's (methods that support it: dss label task, "
                           "decompose solver)"),
@@ -30,6 +30,18 @@ FIELDS: dict[str, tuple[Any, str]] = {
     "kd_weight": (0.5, "kd: L = kd_weight*KL + (1-kd_weight)*NLL"),
     "kd_teacher": (None, "kd: a local teacher model with the student's tokenizer (white-box, full vocabulary); "
                          "without it, the teacher top-k log-probs stored at annotation"),
+    "teacher": ("self", "on-policy: self (the student shown the reference rationale teaches itself), openai:MODEL "
+                        "(served; options in teacher_api), or a local model (the student's tokenizer: white-box; "
+                        "another: aligned on the text)"),
+    "teacher_api": (None, "on-policy with an openai:MODEL teacher: its API options (base_url, top_logprobs, "
+                          "max_tokens, max_cost, ...)"),
+    "jsd_beta": (0.5, "on-policy: generalized JSD weight, 0 = forward KL(teacher||student), 1 = reverse KL "
+                      "(TRL GKD's beta)"),
+    "lmbda": (1.0, "on-policy: share of steps on the student's own samples; the rest learn from the fixed "
+                   "(gold or teacher) sequences (TRL GKD's lmbda)"),
+    "rollout_temperature": (1.0, "on-policy: the student's sampling temperature"),
+    "max_new_tokens": (128, "on-policy: tokens per sampled completion"),
+    "loss_chunk": (256, "on-policy: token positions per loss chunk (student logits held for this many at once)"),
     "formats": (None, f"model specialization: comma-separated formats to mix, one per batch ({', '.join(FORMATS)})"),
     "demonstrations": (4, "in-context examples in few-shot formats (fewer where max_length needs it)"),
     "dev_task": (None, "evaluate each checkpoint on this task and keep the best (its problems never train)"),

@@ -12,7 +12,13 @@ causal and seq2seq models alike; each objective's loss is a few lines on top:
              bound on the mutual information of the two tasks' representations) or the
              public code's soft cross-entropy between max-over-time distributions;
 - kd:        (1 - w) * NLL + w * KL(p_teacher || p_student) per token, over the teacher's
-             stored top-k renormalised, or over the whole vocabulary of a local teacher.
+             stored top-k renormalised, or over the whole vocabulary of a local teacher;
+- on-policy: generalized JSD per token between the student and a teacher on the student's
+             own samples (share `lmbda`) or the fixed sequences (train/onpolicy.py).
+
+An objective with settings of its own is built with them (`build`), so its loss never
+reads the trainer's arguments; the data fields it needs beyond input ids and labels it
+declares (`fields`, `feature`), and the collator passes them through.
 """
 
 from __future__ import annotations
@@ -129,6 +135,20 @@ class Objective:
     name: str
     paired: bool = False
     teacher_model: bool = False  # can learn from a local teacher model's logits (kd_teacher)
+    fields: tuple[str, ...] = ()  # per-example fields beyond input_ids/labels that its loss reads
+
+    def build(self, config: Any, tokenizer: Any, store: Any = None) -> Objective:
+        """The objective with its settings (and whatever it loads, e.g. a teacher); `store`:
+        the run's store, for what the objective caches."""
+        return self
+
+    def summary(self) -> dict[str, Any]:
+        """What the objective adds to the student's record."""
+        return {}
+
+    def feature(self, tokenizer: Any, example: Any, tokenized: dict[str, Any]) -> dict[str, Any]:
+        """The `fields` of one tokenized example."""
+        return {}
 
     def check(self, roles: Sequence[str]) -> str | None:
         """Why the objective cannot train these roles of a method, or None."""
@@ -230,4 +250,63 @@ class KD(Objective):
         return (1 - weight) * parts["nll_loss"] + weight * parts["kd_loss"], parts
 
 
-OBJECTIVES: dict[str, Objective] = {o.name: o for o in (SFT(), Multitask(), MI(), KD())}
+class OnPolicy(Objective):
+    """On-policy distillation (GKD): generalized JSD per token between the student and a
+    teacher, on the student's own samples with probability `lmbda`, else on the fixed
+    sequences. Its settings and teacher come with `build`."""
+
+    name = "on-policy"
+    fields = ("prompt_ids", "completion_ids", "teacher_prompt_ids", "messages")
+
+    def __init__(self, step: Any = None, privileged: bool = False, cache: Any = None):
+        self.step = step  # an onpolicy.OnPolicyLoss once built
+        self.privileged = privileged  # the teacher's prompt holds the rationale (self-distillation)
+        self.cache = cache  # the teacher log-prob cache of the fixed sequences (train/cache.py), if any
+
+    def build(self, config: Any, tokenizer: Any, store: Any = None) -> Objective:
+        from cotdistill.train.onpolicy import OnPolicyLoss, OnPolicySettings
+        from cotdistill.train.teachers import load_teacher
+
+        settings = OnPolicySettings(beta=config.jsd_beta, lmbda=config.lmbda, temperature=config.rollout_temperature,
+                                    max_new_tokens=config.max_new_tokens, chunk=config.loss_chunk, seed=config.seed)
+        teacher = load_teacher(config.teacher, tokenizer, str(config.device), config.teacher_api)
+        cached = None
+        if store is not None and config.teacher != "self":  # the self teacher costs one local forward
+            from cotdistill.models.openai_api import api_config
+            from cotdistill.train.cache import CachedTeacher
+
+            api = api_config(config.teacher, config.teacher_api)
+            cached = CachedTeacher(teacher, store, config.teacher, api.top_logprobs if api else 20, api)
+        return OnPolicy(OnPolicyLoss(settings, teacher, tokenizer, cached), config.teacher == "self", cached)
+
+    def summary(self) -> dict[str, Any]:
+        """Seconds spent in rollouts, teacher scoring and the student's forward + loss (the
+        rest of `seconds` is the backward pass and the update), and the cache's figures."""
+        out: dict[str, Any] = {"seconds_by_part": {k: round(v, 2) for k, v in self.step.seconds.items()}}
+        if self.cache is not None:
+            spent = self.cache.store.teacher_logprob_spend(self.cache.name)
+            out["teacher_cache"] = {"hits": self.cache.hits, "misses": self.cache.misses, **spent,
+                                    "bytes_per_token": spent["bytes"] / max(1, spent["tokens"])}
+        return out
+
+    def feature(self, tokenizer: Any, example: Any, tokenized: dict[str, Any]) -> dict[str, Any]:
+        from cotdistill.models import encode_prompt
+        from cotdistill.train.onpolicy import privileged_messages
+
+        start = tokenized["completion_start"]
+        prompt = tokenized["input_ids"][:start]
+        teacher_prompt = (encode_prompt(tokenizer, privileged_messages(example.messages, example.completion))
+                          if self.privileged else prompt)
+        return {"prompt_ids": prompt, "completion_ids": tokenized["input_ids"][start:],
+                "teacher_prompt_ids": teacher_prompt, "messages": example.messages}
+
+    def loss(self, trainer: Any, model: Any, inputs: dict[str, Any],
+             num_items_in_batch: torch.Tensor | int | None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        if self.step is None:
+            raise RuntimeError("objective on-policy is used unbuilt: "
+                               "call OBJECTIVES['on-policy'].build(config, tokenizer)")
+        loss, parts = self.step(model, inputs, trainer.state.global_step)
+        return loss, {name: torch.tensor(value) for name, value in parts.items()}
+
+
+OBJECTIVES: dict[str, Objective] = {o.name: o for o in (SFT(), Multitask(), MI(), KD(), OnPolicy())}

@@ -29,7 +29,7 @@ from transformers.trainer_utils import get_last_checkpoint
 from cotdistill.errors import CotdistillError
 from cotdistill.methods import METHODS, Method, get_method, stored_examples
 from cotdistill.models import ALIASES, LocalModel, load_model
-from cotdistill.store import Annotation, Store, student_dir
+from cotdistill.store import Annotation, Store, model_in_run, student_dir
 from cotdistill.tasks import Problem, get_task
 from cotdistill.train.config import TrainConfig
 from cotdistill.train import memory
@@ -93,14 +93,14 @@ def train(
         if len(teachers) > 1:  # allowed (more data), but never silent: the report shows it too
             print(f"train {name}: annotations of {len(teachers)} teachers mixed ("
                   + ", ".join(f"{t} {n}" for t, n in teachers.items()) + "); --teacher NAME takes one", file=sys.stderr)
-        model, tokenizer = _setup_model(args, student)
+        model, tokenizer = _setup_model(args, model_in_run(run_dir, student))  # a student of this run warm-starts
         teacher = _kd_teacher(args, tokenizer) if OBJECTIVES[args.objective].teacher_model and args.kd_teacher else None
         items, logprobs, groups = _items(args, store, the_method, pairs, tokenizer, teacher)
         memory.check(model, args, _longest(items, model, tokenizer, args), paired=isinstance(items[0], dict))
         if main:
             store.start_run(run_name, "train", {**settings, "examples": len(items)}, produced, defaults)
         trainer = make_trainer(model, tokenizer, args, items, logprobs, teacher, groups,
-                               _dev_evaluator(dev, the_method, tokenizer, args) if dev else None)
+                               _dev_evaluator(dev, the_method, tokenizer, args) if dev else None, store)
         last, loss, seconds = _fit(trainer, args, callbacks)
         check_finite_weights(trainer.model, "after training")
         trainer.save_model(str(output))  # every process takes part: ZeRO-3 / FSDP gather the weights here
@@ -108,7 +108,8 @@ def train(
             tokenizer.save_pretrained(output)
             summary = _summary(trainer, loss, seconds, last, len(dev), student=student, method=method, roles=roles,
                                objective=args.objective, examples=len(items), lora=args.lora,
-                               examples_shortened=trainer.shortened, teachers=teachers)
+                               examples_shortened=trainer.shortened, teachers=teachers,
+                               **trainer.objective.summary())
             (output / "cotdistill.json").write_text(json.dumps(summary, indent=2))
             store.finish_run(run_name, summary)
     return output

@@ -26,11 +26,12 @@ CRITIC_FILE = "mi_critic.pt"
 
 class DistillTrainer(Trainer):
     def __init__(self, *args: Any, teacher: Any = None, critic: torch.nn.Module | None = None,
-                 groups: Sequence[int] | None = None, dev: Any = None, **kwargs: Any):
+                 groups: Sequence[int] | None = None, dev: Any = None, objective: objectives.Objective | None = None,
+                 **kwargs: Any):
         super().__init__(*args, **kwargs)
         self.teacher, self.critic, self.groups, self.dev = teacher, critic, groups, dev
         self.parts: dict[str, list[float]] = {}
-        self.objective = objectives.OBJECTIVES[self.args.objective]
+        self.objective = objective or objectives.OBJECTIVES[self.args.objective]
         # Only plain SFT normalises by the tokens of all accumulated batches; the others
         # average per batch (per task), so the Trainer scales them for accumulation.
         self.model_accepts_loss_kwargs = isinstance(self.objective, objectives.SFT)
@@ -149,12 +150,15 @@ Item = Example | Mapping[str, Example]
 
 def make_trainer(model: Any, tokenizer: Any, config: TrainConfig, items: Sequence[Item],
                  teacher_logprobs: Sequence[list[Any] | None] | None = None, teacher: Any = None,
-                 groups: Sequence[int] | None = None, dev: Any = None) -> DistillTrainer:
+                 groups: Sequence[int] | None = None, dev: Any = None, store: Any = None) -> DistillTrainer:
     """A trainer over `items`: examples, or {"label": ..., "rationale": ...} pairs for the
     multitask objectives. `teacher_logprobs` (parallel to items) are stored top-k for kd;
     `teacher` a white-box kd teacher; `groups` a format index per item (one format per batch);
-    `dev` a callable model -> metrics with "accuracy"."""
+    `dev` a callable model -> metrics with "accuracy"; `store` the run's (the objective's cache)."""
     seq2seq = bool(model.config.is_encoder_decoder)
+    objective = objectives.OBJECTIVES[config.objective].build(config, tokenizer, store)
+    if seq2seq and isinstance(objective, objectives.OnPolicy):
+        raise CotdistillError("objective on-policy samples from a decoder-only student; pick a causal model")
     if config.lora:
         from peft import LoraConfig, get_peft_model
 
@@ -173,27 +177,31 @@ def make_trainer(model: Any, tokenizer: Any, config: TrainConfig, items: Sequenc
             raise CotdistillError(f"lora_target_modules={config.lora_target_modules!r}: {str(error).split('.')[0]} "
                                   f"(this model's linear layers: all-linear, {', '.join(linear)})") from None
 
+    def with_fields(example: Example, feature: dict[str, Any]) -> dict[str, Any]:
+        return {**feature, **objective.feature(tokenizer, example, feature)}  # what the objective needs beside
+
     examples = [e for item in items for e in ([item] if isinstance(item, Example) else [item["label"], item["rationale"]])]
     fitted, shortened = fit_examples(tokenizer, examples, config.max_length, seq2seq)
     features: list[dict[str, Any]] = []
     stream = iter(fitted)
     for item in items:
         if isinstance(item, Example):
-            features.append(next(stream))
+            features.append(with_fields(item, next(stream)))
         else:
-            pair = {"label": next(stream), "rationale": next(stream)}
+            pair = {task: with_fields(item[task], next(stream)) for task in ("label", "rationale")}  # fitted in this order
             features.append({**pair, "length": pair["label"]["length"] + pair["rationale"]["length"]})
     if teacher_logprobs is not None:
         token_map = TokenMap(tokenizer)
         for feature, logprobs in zip(features, teacher_logprobs):
             add_teacher_distribution(feature, token_map, logprobs)
-    critic = objectives.OBJECTIVES[config.objective].critic(config, model.config.get_text_config().hidden_size)
+    critic = objective.critic(config, model.config.get_text_config().hidden_size)
     if critic is not None:
         critic = critic.to(config.device)
     if teacher is not None:
         teacher.eval().requires_grad_(False)
-    trainer = DistillTrainer(model=model, args=config, train_dataset=features, data_collator=Collator(tokenizer.pad_token_id),
+    trainer = DistillTrainer(model=model, args=config, train_dataset=features,
+                             data_collator=Collator(tokenizer.pad_token_id, objective.fields),
                              eval_dataset=[] if dev else None,  # evaluation generates on `dev`'s problems instead
-                             teacher=teacher, critic=critic, groups=groups, dev=dev)
+                             teacher=teacher, critic=critic, groups=groups, dev=dev, objective=objective)
     trainer.shortened = shortened  # examples that dropped demonstrations to fit max_length: the run's record says so
     return trainer
