@@ -8,8 +8,6 @@ import os
 import subprocess
 import sys
 import textwrap
-import time
-import urllib.request
 
 import pytest
 from datasets import load_from_disk
@@ -275,24 +273,6 @@ def smol_tokenizer_model(tmp_path_factory):
     return directory
 
 
-def _serve(gguf, port):
-    """llama-cpp-python's OpenAI-compatible server on `gguf`, as tests/test_real_server.py starts it."""
-    server = subprocess.Popen([sys.executable, "-m", "llama_cpp.server", "--model", str(gguf), "--model_alias", "student",
-                               "--host", "127.0.0.1", "--port", str(port), "--n_ctx", "1024", "--n_threads", "2",
-                               "--verbose", "false"], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline:
-        try:
-            urllib.request.urlopen(f"http://127.0.0.1:{port}/v1/models", timeout=2)
-            return server
-        except OSError:
-            if server.poll() is not None:
-                raise RuntimeError(f"llama_cpp.server exited: {server.stderr.read()[-2000:]}")
-            time.sleep(0.5)
-    server.kill()
-    raise RuntimeError("llama_cpp.server did not answer within 120 s")
-
-
 def test_a_gguf_export_served_by_llama_cpp_answers_as_transformers_does(tmp_path, smol_tokenizer_model):
     """export-model --format gguf (f16 and q8_0) through llama.cpp's own converter: the
     file, served by llama-cpp-python with the chat template it carries, gives the greedy
@@ -300,6 +280,7 @@ def test_a_gguf_export_served_by_llama_cpp_answers_as_transformers_does(tmp_path
     an Ollama Modelfile stands beside it. Skips where the converter cannot be had (offline
     before its first fetch)."""
     pytest.importorskip("llama_cpp.server.app", reason="llama-cpp-python[server] is not installed")
+    from test_real_server import free_port, start_server
     from transformers import AutoTokenizer
 
     from cotdistill.errors import EnvironmentProblem
@@ -322,8 +303,8 @@ def test_a_gguf_export_served_by_llama_cpp_answers_as_transformers_does(tmp_path
         assert written["files"] == ["Modelfile", "README.md", f"student-{gguf_type}.gguf"] and written["ollama_template"]
         assert (out / f"student-{gguf_type}.gguf").read_bytes()[:4] == b"GGUF"
         assert f"FROM ./student-{gguf_type}.gguf" in (out / "Modelfile").read_text()
-        port = _free_port()
-        server = _serve(out / f"student-{gguf_type}.gguf", port)
+        port = free_port()
+        server = start_server(port, str(out / f"student-{gguf_type}.gguf"), alias="student", n_ctx=1024)
         try:
             evaluate(tmp_path, model="openai:student", task="arith", limit=3, max_new_tokens=16, name=f"gguf-{gguf_type}",
                      api={"base_url": f"http://127.0.0.1:{port}/v1", "concurrency": 1})
@@ -334,11 +315,3 @@ def test_a_gguf_export_served_by_llama_cpp_answers_as_transformers_does(tmp_path
             assert served == expected
         else:  # 8-bit weights: on this random-weight model the greedy path holds for its first tokens, then near-ties flip
             assert all(tokenizer(served[k])["input_ids"][:3] == tokenizer(expected[k])["input_ids"][:3] for k in expected)
-
-
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]

@@ -98,7 +98,7 @@ def test_lmbda_0_is_supervised_kd_on_the_fixed_sequences(tiny_model):
     student, tokenizer = load_model(str(tiny_model))
     teacher, _ = load_model(str(tiny_model))
     torch.nn.init.normal_(teacher.model.layers[1].mlp.down_proj.weight, std=0.5)
-    trainer = make_trainer(student, tokenizer, config(lmbda=0.0, jsd_beta=0.0, teacher=str(tiny_model)), _examples())
+    trainer = make_trainer(student, tokenizer, config(lmbda=0.0, jsd_beta=0.0, teacher_model=str(tiny_model)), _examples())
     step = trainer.objective.step  # its teacher of both kinds of step: the perturbed model
     step.teacher = step.fixed_teacher = LocalTeacher(teacher, tokenizer.pad_token_id)
     batch = Collator(tokenizer.pad_token_id, trainer.objective.fields)(trainer.train_dataset)
@@ -113,7 +113,7 @@ def test_lmbda_0_is_supervised_kd_on_the_fixed_sequences(tiny_model):
 def test_the_self_teacher_sees_the_rationale_and_the_student_does_not(tiny_model):
     student, tokenizer = load_model(str(tiny_model))
     examples = _examples(2)
-    trainer = make_trainer(student, tokenizer, config(teacher="self", max_new_tokens=6), examples)
+    trainer = make_trainer(student, tokenizer, config(teacher_model="self", max_new_tokens=6), examples)
     batch = Collator(tokenizer.pad_token_id, trainer.objective.fields)(trainer.train_dataset)
     seen = []
     hook = student.get_input_embeddings().register_forward_pre_hook(lambda module, args: seen.append(args[0]))
@@ -154,7 +154,7 @@ def test_on_policy_trains_a_student_from_the_cli_settings(tmp_path, tiny_model):
     from cotdistill.train import train
 
     annotate(tmp_path, "arith", limit=4)
-    output = train(tmp_path, student=str(tiny_model), objective="on-policy", teacher="self", max_new_tokens=8,
+    output = train(tmp_path, student=str(tiny_model), objective="on-policy", teacher_model="self", max_new_tokens=8,
                    max_steps=2, per_device_train_batch_size=2, logging_steps=1, **QUIET)
     summary = json.loads((output / "cotdistill.json").read_text())
     assert summary["objective"] == "on-policy" and summary["steps"] == 2 and summary["train_loss"] >= 0

@@ -99,7 +99,7 @@ def test_train_on_policy_with_a_teacher_of_another_tokenizer(tmp_path, tiny_mode
     from cotdistill.train import train
 
     annotate(tmp_path, "arith", limit=4)
-    output = train(tmp_path, student=str(tiny_model), objective="on-policy", teacher=str(other_tokenizer_model),
+    output = train(tmp_path, student=str(tiny_model), objective="on-policy", teacher_model=str(other_tokenizer_model),
                    lmbda=0.5, max_new_tokens=8, max_steps=2, per_device_train_batch_size=2, report_to="none",
                    disable_tqdm=True)
     record = json.loads((output / "cotdistill.json").read_text())

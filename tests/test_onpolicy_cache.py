@@ -89,7 +89,7 @@ def test_kd_at_lmbda_0_fills_the_cache_and_a_second_run_pays_nothing(tmp_path, t
     from cotdistill.train import train
 
     annotate(tmp_path, "arith", limit=4)
-    settings = dict(student=str(tiny_model), objective="on-policy", teacher=str(tiny_model), lmbda=0.0,
+    settings = dict(student=str(tiny_model), objective="on-policy", teacher_model=str(tiny_model), lmbda=0.0,
                     max_steps=2, per_device_train_batch_size=2, **QUIET)
     first = json.loads((train(tmp_path, name="a", **settings) / "cotdistill.json").read_text())["teacher_cache"]
     second = json.loads((train(tmp_path, name="b", **settings) / "cotdistill.json").read_text())["teacher_cache"]

@@ -40,7 +40,7 @@ def test_a_served_teacher_scores_the_students_tokens_with_llama_cpps_own_log_pro
         served = teacher.score_text(list(zip(messages, [p.gold["cot"] for p in problems])))
         scores = teacher.score(student, rollouts)
         annotate(tmp_path, "arith", limit=4)  # `train --objective on-policy --teacher openai:smollm2`, fixed sequences
-        record = json.loads((train(tmp_path, student=str(tiny_model), objective="on-policy", teacher="openai:smollm2",
+        record = json.loads((train(tmp_path, student=str(tiny_model), objective="on-policy", teacher_model="openai:smollm2",
                                    teacher_api=api, lmbda=0.0, max_steps=2, per_device_train_batch_size=2,
                                    report_to="none", disable_tqdm=True) / "cotdistill.json").read_text())
     finally:

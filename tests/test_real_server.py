@@ -33,10 +33,11 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def start_server(port: int) -> subprocess.Popen:
-    server = subprocess.Popen([sys.executable, "-m", "llama_cpp.server", "--model", str(find_gguf()),
-                               "--model_alias", "smollm2", "--host", "127.0.0.1", "--port", str(port),
-                               "--n_ctx", "4096", "--n_threads", "2", "--logits_all", "true", "--verbose", "false"],
+def start_server(port: int, model: str | None = None, alias: str = "smollm2", n_ctx: int = 4096) -> subprocess.Popen:
+    """llama-cpp-python's server on `model` (default: the embedded GGUF), answering on `port`."""
+    server = subprocess.Popen([sys.executable, "-m", "llama_cpp.server", "--model", model or str(find_gguf()),
+                               "--model_alias", alias, "--host", "127.0.0.1", "--port", str(port),
+                               "--n_ctx", str(n_ctx), "--n_threads", "2", "--logits_all", "true", "--verbose", "false"],
                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline:

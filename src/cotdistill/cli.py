@@ -249,7 +249,7 @@ def train(
     mi_estimator: Annotated[str, _field("mi_estimator")] = FIELDS["mi_estimator"][0],
     kd_weight: Annotated[float, _field("kd_weight")] = FIELDS["kd_weight"][0],
     kd_teacher: Annotated[Optional[str], _field("kd_teacher")] = FIELDS["kd_teacher"][0],
-    teacher: Annotated[str, _field("teacher")] = FIELDS["teacher"][0],
+    teacher_model: Annotated[str, _field("teacher_model")] = FIELDS["teacher_model"][0],
     jsd_beta: Annotated[float, _field("jsd_beta")] = FIELDS["jsd_beta"][0],
     lmbda: Annotated[float, _field("lmbda")] = FIELDS["lmbda"][0],
     rollout_temperature: Annotated[float, _field("rollout_temperature")] = FIELDS["rollout_temperature"][0],
@@ -270,7 +270,7 @@ def train(
         lora=lora, num_train_epochs=epochs, max_steps=max_steps, learning_rate=learning_rate,
         per_device_train_batch_size=batch_size, max_length=max_length, seed=seed, objective=objective, alpha=alpha,
         gold_label=gold_label, beta=beta, mi_estimator=mi_estimator, kd_weight=kd_weight, kd_teacher=kd_teacher,
-        teacher=teacher, jsd_beta=jsd_beta, lmbda=lmbda, rollout_temperature=rollout_temperature,
+        teacher_model=teacher_model, jsd_beta=jsd_beta, lmbda=lmbda, rollout_temperature=rollout_temperature,
         max_new_tokens=max_new_tokens,
         formats=formats, dev_task=dev_task, dev_data=str(dev_data) if dev_data else None, dev_split=dev_split,
         dev_limit=dev_limit, early_stopping_patience=early_stopping_patience)

@@ -45,7 +45,7 @@ class TrainConfig(TrainingArguments):
     mi_estimator: str = option("mi_estimator")
     kd_weight: float = option("kd_weight")
     kd_teacher: str | None = option("kd_teacher")
-    teacher: str = option("teacher")
+    teacher_model: str = option("teacher_model")
     teacher_api: dict | None = option("teacher_api")
     jsd_beta: float = option("jsd_beta")
     lmbda: float = option("lmbda")

@@ -30,7 +30,7 @@ FIELDS: dict[str, tuple[Any, str]] = {
     "kd_weight": (0.5, "kd: L = kd_weight*KL + (1-kd_weight)*NLL"),
     "kd_teacher": (None, "kd: a local teacher model with the student's tokenizer (white-box, full vocabulary); "
                          "without it, the teacher top-k log-probs stored at annotation"),
-    "teacher": ("self", "on-policy: self (the student shown the reference rationale teaches itself), openai:MODEL "
+    "teacher_model": ("self", "on-policy: self (the student shown the reference rationale teaches itself), openai:MODEL "
                         "(served; options in teacher_api), or a local model (the student's tokenizer: white-box; "
                         "another: aligned on the text)"),
     "teacher_api": (None, "on-policy with an openai:MODEL teacher: its API options (base_url, top_logprobs, "

@@ -269,15 +269,15 @@ class OnPolicy(Objective):
 
         settings = OnPolicySettings(beta=config.jsd_beta, lmbda=config.lmbda, temperature=config.rollout_temperature,
                                     max_new_tokens=config.max_new_tokens, chunk=config.loss_chunk, seed=config.seed)
-        teacher = load_teacher(config.teacher, tokenizer, str(config.device), config.teacher_api)
+        teacher = load_teacher(config.teacher_model, tokenizer, str(config.device), config.teacher_api)
         cached = None
-        if store is not None and config.teacher != "self":  # the self teacher costs one local forward
+        if store is not None and config.teacher_model != "self":  # the self teacher costs one local forward
             from cotdistill.models.openai_api import api_config
             from cotdistill.train.cache import CachedTeacher
 
-            api = api_config(config.teacher, config.teacher_api)
-            cached = CachedTeacher(teacher, store, config.teacher, api.top_logprobs if api else 20, api)
-        return OnPolicy(OnPolicyLoss(settings, teacher, tokenizer, cached), config.teacher == "self", cached)
+            api = api_config(config.teacher_model, config.teacher_api)
+            cached = CachedTeacher(teacher, store, config.teacher_model, api.top_logprobs if api else 20, api)
+        return OnPolicy(OnPolicyLoss(settings, teacher, tokenizer, cached), config.teacher_model == "self", cached)
 
     def summary(self) -> dict[str, Any]:
         """Seconds spent in rollouts, teacher scoring and the student's forward + loss (the

@@ -75,7 +75,7 @@ def load_teacher(spec: str | None, tokenizer: Any, device: str, api: dict[str, A
     """`self`, `openai:MODEL` (served), or a local model: with the student's tokenizer a
     white-box `LocalTeacher`, with another a `TextTeacher` aligned on the text."""
     if not spec:
-        raise CotdistillError("objective on-policy needs --teacher: self (the student shown the rationale), "
+        raise CotdistillError("objective on-policy needs --teacher-model: self (the student shown the rationale), "
                               "openai:MODEL (a served teacher) or a local model")
     if spec == "self":
         return SelfTeacher(tokenizer.pad_token_id)
