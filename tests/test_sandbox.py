@@ -128,3 +128,41 @@ def test_run_many_keeps_order_and_survives_bad_programs(sandbox):
     outcomes = sandbox.run_many(programs)
     assert [o.answer for o in outcomes] == [None if i % 3 == 0 else str(i * 2) for i in range(12)]
     assert sandbox.run("answer = 5").answer == "5"  # the workers are still alive
+
+
+def test_a_program_that_fills_its_work_dir_gets_its_verdict_and_leaves_nothing(sandbox):
+    """Thousands of directories made up to the deadline: the verdict comes first and the
+    work dir is removed behind it (removing first once took longer than the pool waits, so a
+    program could stop the pool and, its worker killed mid-removal, leave the tree in /tmp)."""
+    program = ("import time\nend = time.monotonic() + 1.2\nn = 0\nwhile time.monotonic() < end:\n"
+               "    n += 1\n    __import__('os').mkdir(str(n))\nanswer = n")
+    outcome = sandbox.run(program)  # the filter refuses `os`: run the kernel-only pool below as well
+    assert outcome.error == "forbidden"
+    with Sandbox(1, Limits(seconds=3), python_filter=False) as box:
+        root = Path(box.workers[0].root)
+        assert int(box.run(program).answer) > 100
+        assert box.run("answer = 6 * 7").answer == "42"
+    assert not root.exists()
+
+
+def test_a_killed_workers_work_dirs_are_removed_and_an_oversized_program_is_a_verdict():
+    with Sandbox(1, Limits(seconds=2)) as box:
+        root = Path(box.workers[0].root)
+        too_long = box.run("#" + "x" * (1 << 24) + "\nanswer = 1")
+        assert too_long.error == "forbidden" and "bytes" in too_long.detail
+        assert box.run("answer = 6 * 7").answer == "42"  # the same worker, not a restarted one
+        box.workers[0].kill()
+        assert not root.exists()
+
+
+@pytest.mark.parametrize("module", ["from sympy.utilities.lambdify import inspect",
+                                    "import sympy.utilities.lambdify as lam\nm = lam.inspect"])
+def test_a_module_reached_through_an_allowed_package_is_refused(sandbox, module):
+    assert sandbox.run(module + "\nanswer = 1").error == "forbidden"
+
+
+def test_invisible_characters_do_not_reach_the_caller():
+    from cotdistill.sandbox.pool import clean
+
+    assert clean("4\u061c2\u2028\u200b\ufeff\u202e\x1b[31m") == "42"
+    assert clean("π ≈ 3.14 – ok") == "π ≈ 3.14 – ok"

@@ -66,11 +66,14 @@ DENIED_NAMES = frozenset({"open", "eval", "exec", "compile", "__import__", "geta
 DENIED_ATTRIBUTES = frozenset({"sys", "os", "ctypes", "modules", "builtins", "f_globals", "f_locals", "f_back",
                                "f_builtins", "gi_frame", "gi_code", "cr_frame", "ag_frame", "tb_frame", "co_code",
                                "func_globals", "attrgetter", "methodcaller", "sympify", "parse_expr", "lambdify",
-                               "marshal"})
+                               "marshal", "inspect", "gc", "importlib", "types", "pickle", "io", "pathlib", "code",
+                               "codeop", "runpy", "threading", "getmembers", "currentframe"})
+# (module names above: an allowed package's attribute can be a stdlib module, e.g. sympy's
+# `lambdify.inspect`, whose getmembers hands out full builtins)
 DENIED_EVENTS = ("open", "os.", "socket.", "subprocess.", "ctypes.", "shutil.", "pty.", "fcntl.", "mmap.",
                  "resource.", "signal.", "sys.settrace", "sys.setprofile", "sys.addaudithook",
                  "function.__new__", "code.__new__", "urllib.", "http.", "ftplib.", "smtplib.", "webbrowser.", "glob.",
-                 "tempfile.", "sqlite3.")
+                 "tempfile.", "sqlite3.", "gc.")  # gc walks every object: the hook's own state among them
 # Attributes of functions and classes whose change would swap in other code or globals.
 SWAPPED_ATTRIBUTES = frozenset({"__code__", "__globals__", "__closure__", "__defaults__", "__kwdefaults__",
                                 "__class__", "__bases__", "__dict__", "__builtins__", "__getattr__",
@@ -92,7 +95,12 @@ class Forbidden(BaseException):
 def _guarded_import(name: str, globals: Any = None, locals: Any = None, fromlist: Any = (), level: int = 0) -> Any:
     if level or name.split(".")[0] not in ALLOWED_IMPORTS:
         raise Forbidden(f"import of {name!r} is not allowed")
-    return __import__(name, globals, locals, fromlist, level)
+    module = __import__(name, globals, locals, fromlist, level)
+    for item in fromlist or ():  # `from sympy.x import inspect`: an allowed package re-exporting another module
+        value = getattr(module, item, None) if isinstance(item, str) else None
+        if isinstance(value, types.ModuleType) and value.__name__.split(".")[0] not in ALLOWED_IMPORTS:
+            raise Forbidden(f"import of {value.__name__!r} (as {name}.{item}) is not allowed")
+    return module
 
 
 def safe_builtins() -> dict[str, Any]:

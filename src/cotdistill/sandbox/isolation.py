@@ -43,6 +43,7 @@ import errno
 import os
 import stat
 import sys
+import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
@@ -452,3 +453,73 @@ def _seccomp_filter() -> ctypes.Array[ctypes.c_char]:
     finally:
         lib.seccomp_release(context)
     return ctypes.create_string_buffer(program, len(program))
+
+
+# Work dirs: shared by the worker (after each program) and the pool (after a worker it killed).
+MAX_PROGRAM = 1 << 24  # bytes; the pool refuses a longer program itself, as a verdict
+
+
+def remove_contents(root: str) -> None:
+    """Remove everything under `root`, however deep, without recursion and without long
+    paths: each directory met is first moved up to `root` itself, then emptied of files
+    and removed. Directories a program made unreadable are opened up first."""
+    top = os.open(root, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        pending, serial = sorted(os.listdir(top)), 0
+        while pending:
+            name = pending.pop()
+            try:
+                info = os.stat(name, dir_fd=top, follow_symlinks=False)
+            except FileNotFoundError:
+                continue
+            if not stat.S_ISDIR(info.st_mode):
+                os.unlink(name, dir_fd=top)
+                continue
+            path = os.path.join(root, name)
+            if stat.S_IMODE(info.st_mode) & 0o700 != 0o700:
+                os.chmod(path, 0o700)
+            directory = os.open(name, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW, dir_fd=top)
+            try:
+                for entry in os.scandir(directory):
+                    if entry.is_dir(follow_symlinks=False):
+                        while True:  # a name nothing in `root` has (a program may have made `.up1`)
+                            serial += 1
+                            lifted = f".up{serial}"
+                            if not _exists(lifted, top):
+                                break
+                        os.rename(entry.name, lifted, src_dir_fd=directory, dst_dir_fd=top)
+                        pending.append(lifted)
+                    else:
+                        os.unlink(entry.name, dir_fd=directory)
+            finally:
+                os.close(directory)
+            os.rmdir(name, dir_fd=top)
+    finally:
+        os.close(top)
+
+
+def _exists(name: str, directory: int) -> bool:
+    try:
+        os.stat(name, dir_fd=directory, follow_symlinks=False)
+    except FileNotFoundError:
+        return False
+    return True
+
+
+def remove_tree(path: str, seconds: float) -> bool:
+    """`path` and all below it, retried for up to `seconds` while a worker's cleaner (see
+    worker._clean_behind) may still be removing a work dir inside it; True once it is gone."""
+    end = time.monotonic() + seconds
+    while True:
+        try:
+            remove_contents(path)
+            os.rmdir(path)
+            return True
+        except FileNotFoundError:
+            if not os.path.lexists(path):
+                return True
+        except OSError:
+            pass
+        if time.monotonic() > end:
+            return False
+        time.sleep(0.05)

@@ -27,6 +27,7 @@ import sys
 import tempfile
 import threading
 import time
+import unicodedata
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
@@ -34,6 +35,7 @@ from pathlib import Path
 from typing import IO
 
 from cotdistill.errors import EnvironmentProblem
+from cotdistill.sandbox.isolation import MAX_PROGRAM, remove_tree
 
 ERRORS = ("timeout", "memory", "forbidden", "exception", "no answer", "output", "malformed reply", "crash")
 PROGRAM_ERRORS = ("memory", "forbidden", "exception", "no answer", "output")  # what a child may report itself
@@ -120,6 +122,7 @@ class _Worker:
             self.isolation = Isolation(int(report["landlock"]), bool(report["seccomp"]), tuple(report["missing"]),
                                        str(report["user"]), tuple(report["notes"]))
             self.checked = str(hello["checked"])
+            self.root = str(hello["root"])
         except (_Broken, ValueError, KeyError, TypeError):
             self.kill()
             raise SandboxUnavailable(f"the program sandbox's worker did not start ({sys.executable}): "
@@ -167,6 +170,8 @@ class _Worker:
         """Raises _Broken when the worker, not the program, failed."""
         assert self.process.stdin is not None
         payload = code.encode("utf-8", "surrogatepass")
+        if len(payload) > MAX_PROGRAM:  # the child would refuse to read it: a verdict, not a broken worker
+            return Outcome(None, "forbidden", f"a program of {len(payload)} bytes (at most {MAX_PROGRAM})")
         try:
             self.process.stdin.write(b"%d\n" % len(payload) + payload)
             self.process.stdin.flush()
@@ -188,8 +193,16 @@ class _Worker:
         self._start()
 
     def kill(self) -> None:
+        """Kill the worker and remove what it could not: its root, with every program's work dir
+        (a worker killed mid-run leaves them, and /tmp would gather each one)."""
         self.process.kill()
         self.process.wait()
+        self._remove_root()
+
+    def _remove_root(self) -> None:
+        root = getattr(self, "root", None)  # None if it died before its hello
+        if root:
+            remove_tree(root, 10.0)
 
     def close(self) -> None:
         if self.process.stdin:
@@ -199,6 +212,7 @@ class _Worker:
         except subprocess.TimeoutExpired:
             self.process.kill()
             self.process.wait()
+        self._remove_root()  # what the worker could not remove in time (a cleaner still at work)
         self.errors.close()
 
 
@@ -283,8 +297,9 @@ _CONTROL = re.compile(
 def clean(text: str) -> str:
     """Text safe for a terminal and a store: no control characters or escape sequences,
     tabs and newlines as spaces, lone surrogates replaced."""
-    text = text.encode("utf-8", "replace").decode("utf-8")
-    return _CONTROL.sub("", text).replace("\t", " ").replace("\n", " ")
+    text = _CONTROL.sub("", text.encode("utf-8", "replace").decode("utf-8")).replace("\t", " ").replace("\n", " ")
+    # and the invisible: format characters (bidi marks, zero widths, BOM), line/paragraph separators
+    return "".join(ch for ch in text if ch.isascii() or unicodedata.category(ch) not in ("Cf", "Zl", "Zp"))
 
 
 class Sandbox:

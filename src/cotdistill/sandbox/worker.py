@@ -31,17 +31,15 @@ import resource
 import select
 import signal
 import socket
-import stat
 import sys
 import tempfile
 import time
 from typing import Any
 
 from cotdistill.sandbox.filter import PACKAGE_DIRS, Forbidden, audit_hook, safe_builtins, static_check
-from cotdistill.sandbox.isolation import Confinement, _libc
+from cotdistill.sandbox.isolation import MAX_PROGRAM, Confinement, _libc, remove_contents, remove_tree
 
 MARK = b'{"isolated": true}\n'  # the child's first line: its isolation is in place
-_MAX_PROGRAM = 1 << 24  # bytes; the pool sends less
 
 
 def fmt(value: Any) -> str:
@@ -95,7 +93,7 @@ def _receive() -> str | None:
             return None
         header += byte
     size, body = int(header), bytearray()
-    if size > _MAX_PROGRAM:
+    if size > MAX_PROGRAM:
         return None
     while len(body) < size:
         chunk = os.read(0, size - len(body))
@@ -165,14 +163,15 @@ class Supervisor:
         finally:
             os.close(read)
         status = self._end(pid, late, size)
-        remove_contents(self.root)
         if not started:
+            remove_contents(self.root)
             return False
         view = memoryview(self.buffer)[:size]
         header = json.dumps({"status": status, "late": late, "over": size > self.cap, "bytes": size})
         _write_all(header.encode() + b"\n")
         _write_all(view)
         view[:] = bytes(size)
+        _clean_behind(work)
         return True
 
     def _collect(self, read: int) -> tuple[int, bool, bool]:
@@ -206,57 +205,34 @@ class Supervisor:
         return status if done else None
 
 
+def _clean_behind(work: str) -> None:
+    """Remove a finished program's work dir in a cleaner process, after its verdict is sent: a
+    program that made tens of thousands of directories within its deadline takes longer to
+    remove than the pool waits for a reply, and removing it first turned one program into a
+    stuck worker (and, killed mid-removal, a tree left in /tmp). Each program has its own dir,
+    so the next one starts at once. The cleaner is forked twice and its parent reaped here,
+    so the worker is left with no child but the next program's; neither holds program text.
+    Most programs write nothing: an empty dir goes at once, with no fork."""
+    try:
+        os.rmdir(work)
+        return
+    except OSError:
+        pass
+    pid = os.fork()
+    if pid == 0:
+        try:
+            if os.fork() == 0:
+                remove_contents(work)
+                os.rmdir(work)
+        finally:
+            os._exit(0)
+    os.waitpid(pid, 0)
+
+
 def _write_all(data: bytes | memoryview) -> None:
     view = memoryview(data)
     while view:
         view = view[os.write(1, view):]
-
-
-def remove_contents(root: str) -> None:
-    """Remove everything under `root`, however deep, without recursion and without long
-    paths: each directory met is first moved up to `root` itself, then emptied of files
-    and removed. Directories a program made unreadable are opened up first."""
-    top = os.open(root, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        pending, serial = sorted(os.listdir(top)), 0
-        while pending:
-            name = pending.pop()
-            try:
-                info = os.stat(name, dir_fd=top, follow_symlinks=False)
-            except FileNotFoundError:
-                continue
-            if not stat.S_ISDIR(info.st_mode):
-                os.unlink(name, dir_fd=top)
-                continue
-            path = os.path.join(root, name)
-            if stat.S_IMODE(info.st_mode) & 0o700 != 0o700:
-                os.chmod(path, 0o700)
-            directory = os.open(name, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW, dir_fd=top)
-            try:
-                for entry in os.scandir(directory):
-                    if entry.is_dir(follow_symlinks=False):
-                        while True:  # a name nothing in `root` has (a program may have made `.up1`)
-                            serial += 1
-                            lifted = f".up{serial}"
-                            if not _exists(lifted, top):
-                                break
-                        os.rename(entry.name, lifted, src_dir_fd=directory, dst_dir_fd=top)
-                        pending.append(lifted)
-                    else:
-                        os.unlink(entry.name, dir_fd=directory)
-            finally:
-                os.close(directory)
-            os.rmdir(name, dir_fd=top)
-    finally:
-        os.close(top)
-
-
-def _exists(name: str, directory: int) -> bool:
-    try:
-        os.stat(name, dir_fd=directory, follow_symlinks=False)
-    except FileNotFoundError:
-        return False
-    return True
 
 
 def _self_test(isolation: Confinement, root: str) -> str:
@@ -308,13 +284,11 @@ def main(config_json: str) -> None:
     try:
         os.chmod(root, 0o711)  # nobody may pass through to its own work dir, not list or write here
         isolation = Confinement.build(PACKAGE_DIRS, root)
-        hello = {"ready": True, "isolation": isolation.report(),
+        hello = {"ready": True, "isolation": isolation.report(), "root": root,
                  "checked": _self_test(isolation, root) if isolation.seccomp and isolation.landlock else "not checked"}
         _write_all(json.dumps(hello).encode() + b"\n")
         supervisor = Supervisor(config, isolation, root)
         while supervisor.next():
             pass
     finally:
-        with contextlib.suppress(OSError):
-            remove_contents(root)
-            os.rmdir(root)
+        remove_tree(root, 8.0)
