@@ -94,12 +94,12 @@ def train(
             print(f"train {name}: annotations of {len(teachers)} teachers mixed ("
                   + ", ".join(f"{t} {n}" for t, n in teachers.items()) + "); --teacher NAME takes one", file=sys.stderr)
         model, tokenizer = _setup_model(args, model_in_run(run_dir, student))  # a student of this run warm-starts
-        teacher = _kd_teacher(args, tokenizer) if OBJECTIVES[args.objective].teacher_model and args.kd_teacher else None
-        items, logprobs, groups = _items(args, store, the_method, pairs, tokenizer, teacher)
+        kd_model = _kd_teacher(args, tokenizer) if OBJECTIVES[args.objective].teacher_model and args.kd_teacher else None
+        items, logprobs, groups = _items(args, store, the_method, pairs, tokenizer, kd_model)
         memory.check(model, args, _longest(items, model, tokenizer, args), paired=isinstance(items[0], dict))
         if main:
             store.start_run(run_name, "train", {**settings, "examples": len(items)}, produced, defaults)
-        trainer = make_trainer(model, tokenizer, args, items, logprobs, teacher, groups,
+        trainer = make_trainer(model, tokenizer, args, items, logprobs, kd_model, groups,
                                _dev_evaluator(dev, the_method, tokenizer, args) if dev else None, store)
         last, loss, seconds = _fit(trainer, args, callbacks)
         check_finite_weights(trainer.model, "after training")
