@@ -11,8 +11,9 @@ takes its fresh work dir, its limits (CPU, memory, file size 0, no core, few des
 no processes) and the kernel confinement (`isolation.py`), writes a mark, and runs the
 program under the Python filter (`filter.py`). The worker reads at most a fixed number of
 bytes of the child's reply before the deadline into one reused buffer, kills the child's
-process group, removes the work dir, and forwards the bytes with how the child ended; it
-judges nothing, so no reply can break it: the pool judges (`pool.judge`).
+process group, forwards the bytes with how the child ended, then removes the work dir (a
+full one in a cleaner process, so no program's files delay its verdict or the next program);
+it judges nothing, so no reply can break it: the pool judges (`pool.judge`).
 
 Before the hello, a probe child checks the confinement from the inside (`_self_test`):
 the pool refuses a worker whose children could still reach what they must not.
