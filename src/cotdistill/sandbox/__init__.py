@@ -32,9 +32,9 @@ Not covered: timing and cache side channels; reading the code the sandbox allows
 `stat` of paths the kernel lets any process resolve (the path walk is not a Landlock
 right) beyond what nobody's permissions and the private /proc hide; using up the
 program's own CPU, memory and time limits, or inodes in its work dir within them (removed
-after its verdict). On a kernel without Landlock or seccomp only the Python filter and the limits remain, and the
-pool refuses to start unless its caller accepts that (`weak_sandbox=True`, the CLI's
-`--weak-sandbox`).
+after its verdict). On a kernel without Landlock or seccomp only the Python filter and the
+limits remain, and the pool refuses to start unless its caller accepts that
+(`weak_sandbox=True`, the CLI's `--weak-sandbox`).
 """
 
 from cotdistill.sandbox.pool import (
