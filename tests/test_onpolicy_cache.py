@@ -8,14 +8,13 @@ import pytest
 import torch
 
 from cotdistill.errors import EnvironmentProblem
-from cotdistill.methods import get_method
-from cotdistill.models import encode_prompt, load_model
+from cotdistill.models import load_model
 from cotdistill.models.openai_api import APIConfig
 from cotdistill.store import Store
-from cotdistill.tasks import get_task
 from cotdistill.train.cache import CachedTeacher, decode, encode
-from cotdistill.train.onpolicy import Rollouts, chunked_loss, states_at
+from cotdistill.train.onpolicy import chunked_loss, states_at
 from cotdistill.train.teachers import LocalTeacher
+from test_onpolicy_align import _rollouts  # the same three arithmetic rollouts
 
 QUIET = dict(report_to="none", disable_tqdm=True)
 
@@ -28,15 +27,6 @@ class CountingTeacher(LocalTeacher):
     def score(self, student, rollouts):
         self.scored += len(rollouts.prompts)
         return super().score(student, rollouts)
-
-
-def _rollouts(tokenizer, n=3):
-    cot = get_method("cot")
-    problems = get_task("arith").load(split="train", limit=n)
-    messages = [cot.student_messages(p) for p in problems]
-    prompts = [encode_prompt(tokenizer, m) for m in messages]
-    completions = [tokenizer(p.gold["cot"], add_special_tokens=False)["input_ids"] for p in problems]
-    return Rollouts(prompts, completions, prompts, messages)
 
 
 def test_a_row_round_trips_in_6k_plus_6_bytes_a_token():

@@ -16,6 +16,7 @@ import time
 from pathlib import Path
 
 import pytest
+from conftest import _process_tree
 
 from cotdistill.sandbox.isolation import landlock_abi
 from cotdistill.sandbox import Limits, Sandbox, SandboxUnavailable
@@ -139,14 +140,7 @@ def _intact(world: dict) -> None:
 
 
 def _descendants(pid: int) -> list[int]:
-    children: dict[int, list[int]] = {}
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            try:
-                stat = Path(f"/proc/{entry}/stat").read_text()
-            except OSError:
-                continue
-            children.setdefault(int(stat.rsplit(")", 1)[1].split()[1]), []).append(int(entry))
+    children = _process_tree()
     found, todo = [], list(children.get(pid, []))
     while todo:
         found.append(todo.pop())
