@@ -185,10 +185,26 @@ class Store:
         except OSError as error:  # a file in the way, a read-only place, a name too long
             raise CotdistillError(f"run directory {self.run_dir}: {error.strerror}") from None
         self.db = _Connection(self.path)
-        self.db.execute("PRAGMA journal_mode=WAL")
+        self._write_ahead_log()
         self.db.execute("PRAGMA synchronous=NORMAL")  # WAL + NORMAL: a killed process loses no commit
         self._open_schema()
         self._running: set[str] = set()  # runs this process started and has not finished
+
+    def _write_ahead_log(self, patience: float = 60.0) -> None:
+        """Put the store in WAL mode (kept in the file, so only its first opening changes it).
+        The switch needs the file to itself, and SQLite answers "database is locked" at once,
+        without its busy timeout, while another process opens or closes the same store (the
+        last connection's closing checkpoint): wait for it here instead of failing the run."""
+        deadline = time.monotonic() + patience
+        while True:
+            try:
+                if self.db.db.execute("PRAGMA journal_mode").fetchone()[0] != "wal":
+                    self.db.db.execute("PRAGMA journal_mode=WAL")
+                return
+            except sqlite3.OperationalError as error:
+                if "locked" not in str(error) or time.monotonic() > deadline:
+                    raise EnvironmentProblem(f"{self.path}: the run's store failed ({error})") from None
+                time.sleep(0.05)
 
     def _open_schema(self) -> None:
         """Create the tables, or bring a store of an older schema to this one in place (one
