@@ -16,7 +16,7 @@ from cotdistill.models import LocalModel, load_model
 from cotdistill.store import Store
 from cotdistill.tasks import get_task
 from cotdistill.train import TrainConfig, train
-from cotdistill.train.data import Collator, tokenize_example
+from cotdistill.train.data import tokenize_example
 from cotdistill.train.trainer import make_trainer
 
 QUIET = dict(report_to="none", disable_tqdm=True)
@@ -40,7 +40,7 @@ def test_multitask_loss_is_the_weighted_sum_of_the_two_tasks_losses(tiny_model):
     model, tokenizer = load_model(str(tiny_model))
     pairs = dss_pairs()
     trainer = make_trainer(model, tokenizer, config(objective="multitask", alpha=0.3), pairs)
-    batch = Collator(tokenizer.pad_token_id)(trainer.train_dataset)
+    batch = trainer.data_collator(trainer.train_dataset)
     with torch.no_grad():
         ours = trainer.compute_loss(model, batch)
         by_hand = 0.3 * model(**batch["label"]).loss + 0.7 * model(**batch["rationale"]).loss
@@ -52,7 +52,7 @@ def test_multitask_loss_is_the_weighted_sum_of_the_two_tasks_losses(tiny_model):
 def test_mi_term_adds_to_the_multitask_loss_and_has_gradient(tiny_model, estimator):
     model, tokenizer = load_model(str(tiny_model))
     trainer = make_trainer(model, tokenizer, config(objective="mi", beta=0.1, mi_estimator=estimator), dss_pairs())
-    batch = Collator(tokenizer.pad_token_id)(trainer.train_dataset)
+    batch = trainer.data_collator(trainer.train_dataset)
     loss = trainer.compute_loss(model, batch)
     parts = {name: values[-1] for name, values in trainer.parts.items()}
     assert loss.item() == pytest.approx(0.5 * parts["label_loss"] + 0.5 * parts["rationale_loss"]
@@ -100,7 +100,7 @@ def test_kd_on_stored_top_k_is_zero_for_the_teacher_itself_and_positive_for_anot
     examples = _cot_examples()
     stored = [_top_k(teacher, tokenizer, tokenize_example(tokenizer, e.messages, e.completion)) for e in examples]
     trainer = make_trainer(teacher, tokenizer, config(objective="kd"), examples, teacher_logprobs=stored)
-    batch = Collator(tokenizer.pad_token_id)(trainer.train_dataset)
+    batch = trainer.data_collator(trainer.train_dataset)
     assert batch["kd_ids"].shape[-1] == 5 and torch.isfinite(batch["kd_logprobs"]).any()
     with torch.no_grad():
         trainer.compute_loss(teacher, batch)
@@ -118,7 +118,7 @@ def test_white_box_kd_is_zero_for_the_same_model_and_mixes_with_nll_by_weight(ti
     student = copy.deepcopy(teacher)
     trainer = make_trainer(student, tokenizer, config(objective="kd", kd_weight=0.25), _cot_examples(),
                            teacher=teacher)
-    batch = Collator(tokenizer.pad_token_id)(trainer.train_dataset)
+    batch = trainer.data_collator(trainer.train_dataset)
     with torch.no_grad():
         loss = trainer.compute_loss(student, batch)
         assert trainer.parts["kd_loss"][-1] == pytest.approx(0.0, abs=1e-6)

@@ -11,7 +11,6 @@ from cotdistill.methods import Example, get_method
 from cotdistill.models import load_model
 from cotdistill.tasks import get_task
 from cotdistill.train import TrainConfig
-from cotdistill.train.data import Collator
 from cotdistill.train.objectives import kl_full, targets
 from cotdistill.train.onpolicy import (Rollouts, TeacherScores, all_positions, chunked_loss, generalized_jsd,
                                        states_at, top_k_buckets)
@@ -101,7 +100,7 @@ def test_lmbda_0_is_supervised_kd_on_the_fixed_sequences(tiny_model):
     trainer = make_trainer(student, tokenizer, config(lmbda=0.0, jsd_beta=0.0, teacher_model=str(tiny_model)), _examples())
     step = trainer.objective.step  # its teacher of both kinds of step: the perturbed model
     step.teacher = step.fixed_teacher = LocalTeacher(teacher, tokenizer.pad_token_id)
-    batch = Collator(tokenizer.pad_token_id, trainer.objective.fields)(trainer.train_dataset)
+    batch = trainer.data_collator(trainer.train_dataset)
     with torch.no_grad():
         ours = trainer.compute_loss(student, batch)
         t = targets(student, batch)
@@ -114,7 +113,7 @@ def test_the_self_teacher_sees_the_rationale_and_the_student_does_not(tiny_model
     student, tokenizer = load_model(str(tiny_model))
     examples = _examples(2)
     trainer = make_trainer(student, tokenizer, config(teacher_model="self", max_new_tokens=6), examples)
-    batch = Collator(tokenizer.pad_token_id, trainer.objective.fields)(trainer.train_dataset)
+    batch = trainer.data_collator(trainer.train_dataset)
     seen = []
     hook = student.get_input_embeddings().register_forward_pre_hook(lambda module, args: seen.append(args[0]))
     try:

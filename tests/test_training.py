@@ -10,7 +10,7 @@ from cotdistill.methods import Example, get_method
 from cotdistill.models import load_model, render_completion
 from cotdistill.tasks import get_task
 from cotdistill.train import TrainConfig, train
-from cotdistill.train.data import Collator, tokenize_example
+from cotdistill.train.data import tokenize_example
 from cotdistill.train.trainer import make_trainer
 
 COT = get_method("cot")
@@ -34,7 +34,7 @@ def test_completion_only_loss_equals_the_reference_loss(tiny_model):
     problems = get_task("arith").load(split="train", limit=6)
     examples = [Example("student", COT.student_messages(p), p.gold["cot"]) for p in problems]
     trainer = make_trainer(model, tokenizer, TrainConfig(output_dir="/tmp/unused", lora=False, report_to="none"), examples)
-    batch = Collator(tokenizer.pad_token_id)([trainer.train_dataset[i] for i in range(6)])
+    batch = trainer.data_collator([trainer.train_dataset[i] for i in range(6)])
     with torch.no_grad():
         ours = trainer.compute_loss(model, batch)
         reference = model(**batch).loss

@@ -93,17 +93,22 @@ def _pad(rows: Sequence[Sequence[Any]], fill: Any) -> list[list[Any]]:
 
 class Collator:
     """Right-pads a batch to its longest example; padding never counts in the loss.
-    Paired features ({"label": ..., "rationale": ...}) become one padded batch per task;
-    teacher distributions become [batch, labels, k] tensors aligned with `labels`; the
+    Features of an objective with `tasks` ({task: feature, ...}) become one padded batch per
+    task; teacher distributions become [batch, labels, k] tensors aligned with `labels`; the
     objective's declared `fields` come through as one list per field."""
 
-    def __init__(self, pad_token_id: int, fields: Sequence[str] = ()):
+    def __init__(self, pad_token_id: int, fields: Sequence[str] = (), tasks: Sequence[str] = ()):
         self.pad_token_id = pad_token_id
         self.fields = tuple(fields)  # the objective's own per-example fields, passed through as lists
+        self.tasks = tuple(tasks)  # the objective's tasks, when an item holds one example of each
 
     def __call__(self, features: Sequence[dict[str, Any]]) -> dict[str, Any]:
-        if "rationale" in features[0]:
-            return {task: self(tuple(f[task] for f in features)) for task in ("label", "rationale")}
+        if self.tasks:
+            return {task: self.batch([f[task] for f in features]) for task in self.tasks}
+        return self.batch(features)
+
+    def batch(self, features: Sequence[dict[str, Any]]) -> dict[str, Any]:
+        """One padded batch of single examples."""
         batch: dict[str, Any] = {
             "input_ids": torch.tensor(_pad([f["input_ids"] for f in features], self.pad_token_id)),
             "attention_mask": torch.tensor(_pad([[1] * len(f["input_ids"]) for f in features], 0)),

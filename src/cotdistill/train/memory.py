@@ -44,8 +44,9 @@ class Estimate:
         return self.static + self.per_sequence * self.sequences
 
 
-def estimate(model: Any, args: Any, longest: int, paired: bool) -> Estimate:
-    """The peak for `model` trained with `args` on sequences up to `longest` tokens."""
+def estimate(model: Any, args: Any, longest: int, per_item: int = 1) -> Estimate:
+    """The peak for `model` trained with `args` on sequences up to `longest` tokens, `per_item`
+    sequences to a training item (an objective's tasks: multitask's label and rationale)."""
     config = model.config
     layers = getattr(config, "num_hidden_layers", None) or getattr(config, "num_layers", 1)
     hidden = getattr(config, "hidden_size", None) or getattr(config, "d_model", 1)
@@ -61,7 +62,7 @@ def estimate(model: Any, args: Any, longest: int, paired: bool) -> Estimate:
         per_token = ACTIVATION_FLOATS * layers * hidden * 4
     if args.bf16:
         per_token /= 2
-    sequences = args.per_device_train_batch_size * (2 if paired else 1)
+    sequences = args.per_device_train_batch_size * per_item
     return Estimate(static + RUNTIME_BYTES, per_token * longest, sequences)
 
 
@@ -82,15 +83,15 @@ def available(device: str) -> float | None:
         return None
 
 
-def check(model: Any, args: Any, longest: int, paired: bool) -> Estimate:
+def check(model: Any, args: Any, longest: int, per_item: int = 1) -> Estimate:
     """Refuse, in one line with what to change, a run whose estimated peak does not fit."""
-    guess = estimate(model, args, longest, paired)
+    guess = estimate(model, args, longest, per_item)
     free = available(str(args.device))
     if not args.check_memory or free is None or guess.peak <= HEADROOM * free:
         return guess
     budget = HEADROOM * free - guess.static
     batch = args.per_device_train_batch_size
-    per_example = guess.per_sequence * guess.sequences / batch  # one sequence, or a label/rationale pair
+    per_example = guess.per_sequence * guess.sequences / batch  # one sequence, or one per task
     fits = int(budget // per_example) if budget > 0 else 0
     advice = [] if args.lora else ["--lora"]
     if fits:

@@ -16,9 +16,12 @@ causal and seq2seq models alike; each objective's loss is a few lines on top:
 - on-policy: generalized JSD per token between the student and a teacher on the student's
              own samples (share `lmbda`) or the fixed sequences (train/onpolicy.py).
 
-An objective with settings of its own is built with them (`build`), so its loss never
-reads the trainer's arguments; the data fields it needs beyond input ids and labels it
-declares (`fields`, `feature`), and the collator passes them through.
+`OBJECTIVES` holds each objective unbuilt (what it is: its check, tasks and fields); `build`
+gives the one that trains, with its settings taken from the config once, so a loss never
+reads the trainer's arguments. What one training item is, the objective declares: a single
+example, or one example per task of `tasks` (multitask: label and rationale); the data
+fields it needs beyond input ids and labels are its `fields` (made by `feature`), and the
+collator passes them through.
 """
 
 from __future__ import annotations
@@ -30,6 +33,8 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from cotdistill.train.fields import FIELDS
 
 
 @dataclass
@@ -129,11 +134,11 @@ def kl_full(t: Targets, teacher_logits: torch.Tensor) -> torch.Tensor:
 
 
 class Objective:
-    """A training objective. `paired`: it learns from {"label", "rationale"} pairs of one
-    annotation's two tasks (not single examples), so batches hold both."""
+    """A training objective. `tasks`: the roles one training item holds an example of, all
+    made from one annotation (multitask's label and rationale; empty: single examples)."""
 
     name: str
-    paired: bool = False
+    tasks: tuple[str, ...] = ()
     teacher_model: bool = False  # can learn from a local teacher model's logits (kd_teacher)
     fields: tuple[str, ...] = ()  # per-example fields beyond input_ids/labels that its loss reads
 
@@ -152,8 +157,8 @@ class Objective:
 
     def check(self, roles: Sequence[str]) -> str | None:
         """Why the objective cannot train these roles of a method, or None."""
-        if self.paired and set(roles) != {"label", "rationale"}:
-            return f"objective {self.name} trains a label task and a rationale task together"
+        if self.tasks and set(roles) != set(self.tasks):
+            return f"objective {self.name} trains the tasks {' and '.join(self.tasks)} together"
         return None
 
     def uses_stored_logprobs(self, white_box_teacher: bool) -> bool:
@@ -176,10 +181,16 @@ class SFT(Objective):
 
     name = "sft"
 
+    def __init__(self, across_devices: bool = False):
+        self.across_devices = across_devices  # num_items_in_batch counts every process's tokens
+
+    def build(self, config: Any, tokenizer: Any, store: Any = None) -> Objective:
+        return SFT(config.average_tokens_across_devices)
+
     def loss(self, trainer: Any, model: Any, inputs: dict[str, Any],
              num_items_in_batch: torch.Tensor | int | None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         loss = nll(targets(model, inputs), num_items_in_batch)
-        if num_items_in_batch is not None and trainer.args.average_tokens_across_devices:
+        if num_items_in_batch is not None and self.across_devices:
             loss = loss * trainer.accelerator.num_processes  # num_items counts every process's tokens
         return loss, {}
 
@@ -188,20 +199,24 @@ class Multitask(Objective):
     """DSS: alpha * NLL(label task) + (1 - alpha) * NLL(rationale task)."""
 
     name = "multitask"
-    paired = True
+    tasks = ("label", "rationale")
+
+    def __init__(self, alpha: float = FIELDS["alpha"][0]):
+        self.alpha = alpha  # the label task's weight
+
+    def build(self, config: Any, tokenizer: Any, store: Any = None) -> Objective:
+        return Multitask(config.alpha)
 
     def parts(self, model: Any, inputs: dict[str, Any], hidden: bool = False) -> tuple[Targets, Targets]:
         return targets(model, inputs["label"], hidden=hidden), targets(model, inputs["rationale"], hidden=hidden)
 
     def loss(self, trainer: Any, model: Any, inputs: dict[str, Any],
              num_items_in_batch: torch.Tensor | int | None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        label, rationale = self.parts(model, inputs)
-        return self.combined(trainer.args, label, rationale)
+        return self.combined(*self.parts(model, inputs))
 
-    @staticmethod
-    def combined(args: Any, label: Targets, rationale: Targets) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    def combined(self, label: Targets, rationale: Targets) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         parts = {"label_loss": nll(label), "rationale_loss": nll(rationale)}
-        return args.alpha * parts["label_loss"] + (1 - args.alpha) * parts["rationale_loss"], parts
+        return self.alpha * parts["label_loss"] + (1 - self.alpha) * parts["rationale_loss"], parts
 
 
 class MI(Multitask):
@@ -209,6 +224,13 @@ class MI(Multitask):
     public code's soft cross-entropy (`soft-ce`)."""
 
     name = "mi"
+
+    def __init__(self, alpha: float = FIELDS["alpha"][0], beta: float = FIELDS["beta"][0]):
+        super().__init__(alpha)
+        self.beta = beta  # the MI term's weight
+
+    def build(self, config: Any, tokenizer: Any, store: Any = None) -> Objective:
+        return MI(config.alpha, config.beta)
 
     def critic(self, config: Any, hidden_size: int) -> nn.Module | None:
         if config.mi_estimator != "learned":
@@ -221,9 +243,9 @@ class MI(Multitask):
              num_items_in_batch: torch.Tensor | int | None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         learned = trainer.critic is not None
         label, rationale = self.parts(model, inputs, hidden=learned)
-        loss, parts = self.combined(trainer.args, label, rationale)
+        loss, parts = self.combined(label, rationale)
         parts["mi_loss"] = trainer.critic(pooled(label), pooled(rationale)) if learned else soft_ce_mi(label, rationale)
-        return loss + trainer.args.beta * parts["mi_loss"], parts
+        return loss + self.beta * parts["mi_loss"], parts
 
 
 class KD(Objective):
@@ -232,6 +254,12 @@ class KD(Objective):
 
     name = "kd"
     teacher_model = True
+
+    def __init__(self, weight: float = FIELDS["kd_weight"][0]):
+        self.weight = weight  # the KL term's share
+
+    def build(self, config: Any, tokenizer: Any, store: Any = None) -> Objective:
+        return KD(config.kd_weight)
 
     def uses_stored_logprobs(self, white_box_teacher: bool) -> bool:
         return not white_box_teacher
@@ -246,8 +274,7 @@ class KD(Objective):
             parts["kd_loss"] = kl_full(t, teacher_logits)
         else:
             parts["kd_loss"] = kl_top_k(t, inputs["kd_ids"], inputs["kd_logprobs"])
-        weight = trainer.args.kd_weight
-        return (1 - weight) * parts["nll_loss"] + weight * parts["kd_loss"], parts
+        return (1 - self.weight) * parts["nll_loss"] + self.weight * parts["kd_loss"], parts
 
 
 class OnPolicy(Objective):

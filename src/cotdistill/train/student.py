@@ -96,7 +96,7 @@ def train(
         model, tokenizer = _setup_model(args, model_in_run(run_dir, student))  # a student of this run warm-starts
         kd_model = _kd_teacher(args, tokenizer) if OBJECTIVES[args.objective].teacher_model and args.kd_teacher else None
         items, logprobs, groups = _items(args, store, the_method, pairs, tokenizer, kd_model)
-        memory.check(model, args, _longest(items, model, tokenizer, args), paired=isinstance(items[0], dict))
+        memory.check(model, args, _longest(items, model, tokenizer, args), len(OBJECTIVES[args.objective].tasks) or 1)
         if main:
             store.start_run(run_name, "train", {**settings, "examples": len(items)}, produced, defaults)
         trainer = make_trainer(model, tokenizer, args, items, logprobs, kd_model, groups,
@@ -228,10 +228,10 @@ def _check_objective(args: TrainConfig, method: Method, roles: list[str]) -> Non
     objective = OBJECTIVES[args.objective]
     refusal = objective.check(roles)
     if refusal:
-        paired = [name for name, cls in METHODS.items() if {"label", "rationale"} <= set(cls.train_roles)]
+        paired = [name for name, cls in METHODS.items() if set(objective.tasks) <= set(cls.train_roles)]
         raise CotdistillError(f"{refusal}: use --method {' or '.join(paired)} (method {method.name} trains "
                               f"{', '.join(roles)})")
-    if args.format_list and (not method.specializes or objective.paired):
+    if args.format_list and (not method.specializes or objective.tasks):
         raise CotdistillError("--formats mixes model specialization's formats of one rationale per annotation: use "
                               f"--method {' or '.join(_declaring('specializes'))} with objective sft or kd")
     stage_roles = sorted(set(roles) - set(method.answering_roles))
@@ -276,11 +276,11 @@ def _items(args: TrainConfig, store: Store, method: Method, pairs: list[tuple[An
                               "(all kept annotations' problems are in the dev set?)")
     groups = None
     objective = OBJECTIVES[args.objective]
-    if objective.paired:
+    if objective.tasks:
         by_annotation: dict[str, dict[str, Any]] = {}
         for annotation, example in pairs:
             by_annotation.setdefault(annotation.key, {})[example.role] = example
-        items: list[Any] = [pair for pair in by_annotation.values() if len(pair) == 2]
+        items: list[Any] = [pair for pair in by_annotation.values() if set(pair) == set(objective.tasks)]
         annotations = None
     elif args.format_list:
         problems = store.problems(a.problem_key for a, _ in pairs)

@@ -26,12 +26,12 @@ CRITIC_FILE = "mi_critic.pt"
 
 class DistillTrainer(Trainer):
     def __init__(self, *args: Any, teacher: Any = None, critic: torch.nn.Module | None = None,
-                 groups: Sequence[int] | None = None, dev: Any = None, objective: objectives.Objective | None = None,
+                 groups: Sequence[int] | None = None, dev: Any = None, objective: objectives.Objective,
                  **kwargs: Any):
         super().__init__(*args, **kwargs)
         self.teacher, self.critic, self.groups, self.dev = teacher, critic, groups, dev
         self.parts: dict[str, list[float]] = {}
-        self.objective = objective or objectives.OBJECTIVES[self.args.objective]
+        self.objective = objective  # built with its settings (Objective.build)
         # Only plain SFT normalises by the tokens of all accumulated batches; the others
         # average per batch (per task), so the Trainer scales them for accumulation.
         self.model_accepts_loss_kwargs = isinstance(self.objective, objectives.SFT)
@@ -151,8 +151,8 @@ Item = Example | Mapping[str, Example]
 def make_trainer(model: Any, tokenizer: Any, config: TrainConfig, items: Sequence[Item],
                  teacher_logprobs: Sequence[list[Any] | None] | None = None, teacher: Any = None,
                  groups: Sequence[int] | None = None, dev: Any = None, store: Any = None) -> DistillTrainer:
-    """A trainer over `items`: examples, or {"label": ..., "rationale": ...} pairs for the
-    multitask objectives. `teacher_logprobs` (parallel to items) are stored top-k for kd;
+    """A trainer over `items`: examples, or {task: example} for an objective with `tasks`
+    (multitask: label and rationale). `teacher_logprobs` (parallel to items) are stored top-k for kd;
     `teacher` a white-box kd teacher; `groups` a format index per item (one format per batch);
     `dev` a callable model -> metrics with "accuracy"; `store` the run's (the objective's cache)."""
     seq2seq = bool(model.config.is_encoder_decoder)
@@ -180,16 +180,17 @@ def make_trainer(model: Any, tokenizer: Any, config: TrainConfig, items: Sequenc
     def with_fields(example: Example, feature: dict[str, Any]) -> dict[str, Any]:
         return {**feature, **objective.feature(tokenizer, example, feature)}  # what the objective needs beside
 
-    examples = [e for item in items for e in ([item] if isinstance(item, Example) else [item["label"], item["rationale"]])]
+    tasks = objective.tasks
+    examples = [e for item in items for e in ([item[task] for task in tasks] if tasks else [item])]
     fitted, shortened = fit_examples(tokenizer, examples, config.max_length, seq2seq)
     features: list[dict[str, Any]] = []
     stream = iter(fitted)
     for item in items:
-        if isinstance(item, Example):
+        if not tasks:
             features.append(with_fields(item, next(stream)))
         else:
-            pair = {task: with_fields(item[task], next(stream)) for task in ("label", "rationale")}  # fitted in this order
-            features.append({**pair, "length": pair["label"]["length"] + pair["rationale"]["length"]})
+            pair = {task: with_fields(item[task], next(stream)) for task in tasks}  # fitted in this order
+            features.append({**pair, "length": sum(pair[task]["length"] for task in tasks)})
     if teacher_logprobs is not None:
         token_map = TokenMap(tokenizer)
         for feature, logprobs in zip(features, teacher_logprobs):
@@ -200,7 +201,7 @@ def make_trainer(model: Any, tokenizer: Any, config: TrainConfig, items: Sequenc
     if teacher is not None:
         teacher.eval().requires_grad_(False)
     trainer = DistillTrainer(model=model, args=config, train_dataset=features,
-                             data_collator=Collator(tokenizer.pad_token_id, objective.fields),
+                             data_collator=Collator(tokenizer.pad_token_id, objective.fields, tasks),
                              eval_dataset=[] if dev else None,  # evaluation generates on `dev`'s problems instead
                              teacher=teacher, critic=critic, groups=groups, dev=dev, objective=objective)
     trainer.shortened = shortened  # examples that dropped demonstrations to fit max_length: the run's record says so
