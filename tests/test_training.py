@@ -75,6 +75,28 @@ def test_training_lowers_the_loss_and_saves_a_loadable_student(tmp_path, tiny_mo
     assert list((output / "checkpoints" / "runs").rglob("events.out.tfevents.*"))  # TensorBoard logs by default
 
 
+def test_a_lora_student_continued_from_a_lora_student_keeps_what_its_start_learnt(tmp_path, tiny_model):
+    """The second student trains a new adapter on the first's merged weights; loaded, it must
+    be base + the first's update + its own, not base + its own (the on-policy recipe's
+    continued students scored 2% and 0% where their start had 44%)."""
+    from peft import PeftModel
+
+    annotate(tmp_path, "arith", limit=8)
+    steps = dict(max_steps=3, save_steps=3, learning_rate=2e-2, per_device_train_batch_size=4, warmup_steps=0,
+                 disable_tqdm=True)
+    first = train(tmp_path, name="first", student=str(tiny_model), **steps)
+    second = train(tmp_path, name="second", student="first", **steps)
+    own_adapter = str(second / "checkpoints" / "checkpoint-3")  # what the second learnt, as peft saved it
+    on_first = PeftModel.from_pretrained(load_model(str(first))[0], own_adapter).merge_and_unload()
+    on_base = PeftModel.from_pretrained(load_model(str(tiny_model))[0], own_adapter).merge_and_unload()
+    loaded, tokenizer = load_model(str(second))
+    ids = torch.tensor([tokenizer("What is 12 + 30?")["input_ids"]])
+    with torch.no_grad():
+        assert torch.allclose(loaded(ids).logits, on_first(ids).logits, atol=1e-4)
+        assert not torch.allclose(loaded(ids).logits, on_base(ids).logits, atol=1e-2)
+    assert json.loads((second / "adapter_config.json").read_text())["r"] == 2 * 16  # the two adapters side by side
+
+
 def test_finished_student_is_not_trained_again(tmp_path, tiny_model):
     annotate(tmp_path, "arith", limit=8)
     output = train(tmp_path, student=str(tiny_model), max_steps=2, disable_tqdm=True)

@@ -9,7 +9,8 @@ from typing import Any
 from cotdistill.models.contract import Backend, Completion, Messages
 from cotdistill.models.embedded import ALIASES, embedded_model_dir
 
-_LOCAL = ("LocalModel", "encode_prompt", "load_model", "render_completion", "render_prompt", "resolve_model")
+_LOCAL = ("LocalModel", "encode_prompt", "load_model", "render_completion", "render_prompt", "resolve_model",
+          "stack_adapter")
 
 
 def __getattr__(name: str) -> Any:

@@ -28,7 +28,7 @@ from transformers.trainer_utils import get_last_checkpoint
 
 from cotdistill.errors import CotdistillError
 from cotdistill.methods import METHODS, Method, get_method, stored_examples
-from cotdistill.models import ALIASES, LocalModel, load_model
+from cotdistill.models import ALIASES, LocalModel, load_model, stack_adapter
 from cotdistill.store import Annotation, Store, model_in_run, student_dir
 from cotdistill.tasks import Problem, get_task
 from cotdistill.train.config import TrainConfig
@@ -93,7 +93,8 @@ def train(
         if len(teachers) > 1:  # allowed (more data), but never silent: the report shows it too
             print(f"train {name}: annotations of {len(teachers)} teachers mixed ("
                   + ", ".join(f"{t} {n}" for t, n in teachers.items()) + "); --teacher NAME takes one", file=sys.stderr)
-        model, tokenizer = _setup_model(args, model_in_run(run_dir, student))  # a student of this run warm-starts
+        start = model_in_run(run_dir, student)  # a student of this run warm-starts
+        model, tokenizer = _setup_model(args, start)
         kd_model = _kd_teacher(args, tokenizer) if OBJECTIVES[args.objective].teacher_model and args.kd_teacher else None
         items, logprobs, groups = _items(args, store, the_method, pairs, tokenizer, kd_model)
         memory.check(model, args, _longest(items, model, tokenizer, args), len(OBJECTIVES[args.objective].tasks) or 1)
@@ -105,6 +106,8 @@ def train(
         check_finite_weights(trainer.model, "after training")
         trainer.save_model(str(output))  # every process takes part: ZeRO-3 / FSDP gather the weights here
         if main:
+            if args.lora and (Path(start) / "adapter_config.json").is_file():
+                stack_adapter(output, Path(start))  # its adapter was learnt on top of the start's
             tokenizer.save_pretrained(output)
             summary = _summary(trainer, loss, seconds, last, len(dev), student=student, method=method, roles=roles,
                                objective=args.objective, examples=len(items), lora=args.lora,
@@ -144,7 +147,8 @@ def unloadable(output: Path) -> str | None:
 def _setup_model(args: TrainConfig, student: str) -> tuple[Any, Any]:
     """The student and its tokenizer. Full fine-tuning keeps fp32 master weights (`bf16`
     autocasts the compute); a LoRA base is frozen, so it may sit in bf16. A LoRA student
-    arrives merged, so new adapters never nest."""
+    arrives merged, so new adapters never nest; the one learnt on it is stacked on its
+    adapter when saved (`stack_adapter`)."""
     model, tokenizer = load_model(student, device=str(args.device), dtype=None if args.lora else torch.float32)
     _check_model_type(args, student, model)
     return model, tokenizer
