@@ -273,6 +273,17 @@ def test_the_dry_run_scales_with_the_recipe_and_counts_gold_as_free(tmp_path):
     assert annotate.hours is None  # a served teacher's pace is not known until given
 
 
+def test_the_dry_run_counts_max_steps_and_on_policy_rollouts():
+    from cotdistill.estimate import estimate_recipe
+
+    costs, _ = estimate_recipe(load_recipe("on-policy", "small"))
+    train = {c.what.split(":")[0]: c for c in costs if c.verb == "train"}
+    assert train["sft-budget"].epochs == pytest.approx(4 * train["sft-more"].epochs)  # 80 vs 20 steps of batch 8
+    assert train["sft-budget"].hours == pytest.approx(4 * train["sft-more"].hours)
+    assert train["on-policy"].generated_bound == 20 * 8 * 96 and train["sft-more"].generated_bound == 0
+    assert train["on-policy"].hours > train["sft-more"].hours
+
+
 def test_recipes_name_shows_each_variable_per_scale_and_copy_writes_a_runnable_folder(tmp_path):
     from typer.testing import CliRunner
 

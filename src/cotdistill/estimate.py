@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -214,9 +215,20 @@ def _train(index: int, a: dict[str, Any], count: _Counter, annotated: dict[str, 
     mean = sum(per_problem) / len(per_problem)
     few = sum(f.startswith("few") for f in formats)
     cost.train_tokens = int(sum(per_problem) * copies + few * len(problems) * min(max_length, demos * mean))
+    examples = len(problems) * copies
+    batch = int(a.get("per_device_train_batch_size", 8)) * int(a.get("gradient_accumulation_steps", 1))
+    steps = int(a.get("max_steps") or 0)
+    if steps > 0:  # max_steps overrides the epochs, as in transformers
+        cost.epochs = epochs = steps * batch / examples
+    steps = steps or math.ceil(examples * epochs / batch)
     rate = pace.train_lora if lora else pace.train_full
     cost.hours = cost.train_tokens * epochs / rate / 3600
-    cost.note = f"{len(problems) * copies} examples" + (f" ({len(formats)} formats)" if formats else "")
+    cost.note = f"{examples} examples" + (f" ({len(formats)} formats)" if formats else "")
+    if a.get("objective") == "on-policy":  # each step also samples the batch's rollouts and has them scored
+        rollouts = steps * batch * float(a.get("lmbda", FIELDS["lmbda"][0]))
+        cost.generated_bound = int(rollouts * int(a.get("max_new_tokens", FIELDS["max_new_tokens"][0])))
+        cost.hours += cost.generated_bound / pace.generate / 3600 + cost.train_tokens * epochs / rate / 3600 / 3
+        cost.note += f", {int(rollouts)} rollouts (+ the teacher's forward)"
     return cost
 
 
