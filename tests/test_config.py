@@ -5,6 +5,7 @@ Python functions take the same configs or their fields by name."""
 import dataclasses
 
 import pytest
+import torch
 import typer
 
 from cotdistill.annotate import annotate
@@ -58,3 +59,18 @@ def test_python_functions_take_a_config_or_its_fields(tmp_path):
         annotate(tmp_path, "arith", temprature=0.5)
     with pytest.raises(CotdistillError, match="--samples must be >= 1"):
         evaluate(tmp_path, EvalConfig(task="arith"), samples=0)
+
+
+def test_one_table_turns_a_model_name_into_its_backend_with_that_backends_options(tiny_model):
+    from cotdistill.models.backends import LocalOptions, backend, backend_options, load_backend, served
+
+    assert backend("openai:gpt-4o-mini") == "openai" and served("openai:m")
+    assert backend("smollm2-135m") == "local" and not served(str(tiny_model))
+    assert backend_options("openai:m", {"base_url": "http://localhost:1/v1"}).model == "m"
+    assert backend_options("smollm2-135m", {"batch_size": 4}) == LocalOptions(batch_size=4)
+    with pytest.raises(CotdistillError, match="unknown local backend option.*base_url"):
+        backend_options("smollm2-135m", {"base_url": "http://localhost:1/v1"})
+    with pytest.raises(CotdistillError, match="dtype 'int8'"):
+        backend_options("smollm2-135m", {"dtype": "int8"})
+    model = load_backend(str(tiny_model), {"batch_size": 3, "dtype": "float32", "device": "cpu"})
+    assert model.batch_size == 3 and model.model.dtype == torch.float32

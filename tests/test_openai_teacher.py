@@ -187,7 +187,7 @@ def test_finish_reasons_refusals_logprobs_and_unparseable_replies(tmp_path):
 def test_unreachable_or_refusing_server_is_a_clear_error(tmp_path):
     with pytest.raises(CotdistillError, match="API options"):
         annotate(tmp_path, "arith", limit=1, teacher="gold", api={"concurrency": 2})
-    with pytest.raises(CotdistillError, match="unknown API option"):
+    with pytest.raises(CotdistillError, match="unknown openai backend option"):
         annotate(tmp_path, "arith", limit=1, teacher="openai:m", api={"concurency": 2})
     server = StubServer()
     server.start()

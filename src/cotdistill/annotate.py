@@ -42,8 +42,8 @@ from cotdistill.errors import CotdistillError, EnvironmentProblem
 from cotdistill.methods import Method, get_method
 from cotdistill.methods.base import check_answer
 from cotdistill.models import Completion, Messages
-from cotdistill.models.openai_api import PREFIX as API_PREFIX
-from cotdistill.models.openai_api import APIConfig, Budget, OpenAITeacher, api_config, load_backend
+from cotdistill.models.backends import api_config, load_backend, served
+from cotdistill.models.openai_api import APIConfig, Budget, OpenAITeacher
 from cotdistill.sandbox import require_sandbox
 from cotdistill.store import Annotation, Store, model_in_run, request_key
 from cotdistill.tasks import Problem, get_task
@@ -76,7 +76,7 @@ def annotate(run_dir: str | Path, config: AnnotateConfig | str | None = None, *,
     if c.verify_with == GOLD and c.teacher != GOLD:
         raise CotdistillError(f"--verify-with gold screens nothing (the gold solution reaches the answer whatever the "
                               f"decomposition): screen {c.teacher}'s decompositions with --verify-with {c.teacher}")
-    if c.api and not any(name.startswith(API_PREFIX) for name in (c.teacher, c.verify_with or "")):
+    if c.api and not any(served(name) for name in (c.teacher, c.verify_with or "")):
         raise CotdistillError(f"API options ({', '.join(c.api)}) apply to openai:MODEL teachers, not {c.teacher!r}")
     api = api_config(c.teacher, c.api)
     if the_method.runs_programs and not status:  # a sandbox that cannot run stops here, storing nothing
@@ -115,7 +115,8 @@ def annotate(run_dir: str | Path, config: AnnotateConfig | str | None = None, *,
         # verify_with=gold (the paper's filter with the gold teacher as its solver) passes every
         # gold decomposition: the task's own solution reaches the oracle answer by construction
         if c.verify_with and c.verify_with != GOLD and not status:
-            solver = load_backend(model_in_run(run_dir, c.verify_with), c.api, c.batch_size)
+            solver = model_in_run(run_dir, c.verify_with)
+            solver = load_backend(solver, c.api if served(solver) else {"batch_size": c.batch_size})
             result["verified"] = _verify(store, the_method, requests, solver, c.max_new_tokens)
         summary = {"problems": len(problems), "requests": len(requests), "new": 0 if status else len(pending),
                    **store.annotation_status(keys), **result}
@@ -174,7 +175,7 @@ def _ask(c: AnnotateConfig, api: APIConfig | None, method: Method, pending: Sequ
         if backend.failure:
             result["first_failure"] = backend.failure
         return result
-    model = load_backend(c.teacher, batch_size=c.batch_size)  # a local model
+    model = load_backend(c.teacher, {"batch_size": c.batch_size})  # a local model
     chunk = c.batch_size * 4
     for start in range(0, len(pending), chunk):
         batch = pending[start : start + chunk]

@@ -15,7 +15,8 @@ from rich.text import Text
 
 from cotdistill.config import AnnotateConfig, EvalConfig, default_of, help_of
 from cotdistill.errors import CotdistillError
-from cotdistill.models.openai_api import PREFIX, APIConfig
+from cotdistill.models.backends import served
+from cotdistill.models.openai_api import APIConfig
 from cotdistill.train.fields import FIELDS
 
 app = typer.Typer(
@@ -121,7 +122,7 @@ def annotate(
     from cotdistill.annotate import annotate as run
 
     api = None
-    if any(name.startswith(PREFIX) for name in (teacher, verify_with or "")):  # teacher or verifying solver
+    if any(served(name) for name in (teacher, verify_with or "")):  # teacher or verifying solver
         api = {"base_url": base_url, "api_key_env": api_key_env, "concurrency": concurrency,
                "requests_per_minute": rpm, "tokens_per_minute": tpm, "timeout": timeout, "max_retries": max_retries,
                "top_logprobs": top_logprobs, "price_input": price_input, "price_output": price_output,
@@ -320,7 +321,7 @@ def evaluate(
         raise CotdistillError("--model: give one MODEL, or STAGE=MODEL for each stage")
     api = {"base_url": base_url, "api_key_env": api_key_env, "concurrency": concurrency, "timeout": timeout,
            "max_retries": max_retries, "price_input": price_input, "price_output": price_output, "endpoint": endpoint}
-    uses_api = any(v.split("=", 1)[-1].startswith(PREFIX) for v in values)
+    uses_api = any(served(v.split("=", 1)[-1]) for v in values)
     config = EvalConfig(model=single[0] if single else default_of(E, "model"), models=stages or None,
                         pipeline=pipeline, task=task, data=data, split=split, limit=limit, method=method, name=name,
                         temperature=temperature, samples=samples, shots=shots, max_new_tokens=max_new_tokens,

@@ -33,7 +33,8 @@ from cotdistill.config import GOLD
 from cotdistill.errors import CotdistillError
 from cotdistill.methods import get_method
 from cotdistill.models.embedded import embedded_model_dir
-from cotdistill.models.openai_api import PREFIX, plain_prompt
+from cotdistill.models.backends import served
+from cotdistill.models.openai_api import plain_prompt
 from cotdistill.tasks import Problem, get_task
 from cotdistill.train.fields import FIELDS
 
@@ -183,7 +184,7 @@ def _annotate(index: int, a: dict[str, Any], count: _Counter, loaded: dict[tuple
     cost.prompt_tokens = sum(prompts) * samples
     cost.completion_tokens = sum(golds) * samples
     cost.completion_bound = cost.teacher_requests * a.get("max_new_tokens", 256)
-    if teacher.startswith(PREFIX):
+    if served(teacher):
         cost.usd = (cost.prompt_tokens * price[0] + cost.completion_tokens * price[1]) / 1e6 if price else None
         cost.hours = cost.completion_tokens / pace.teacher / 3600 if pace.teacher else None
         cost.note = "replies ~ gold length" + ("" if pace.teacher else "; hours need --pace teacher=N")

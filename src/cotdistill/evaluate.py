@@ -23,7 +23,7 @@ from cotdistill.answers import extract_flexible, is_correct
 from cotdistill.config import EvalConfig, configure, default_of
 from cotdistill.errors import CotdistillError, EnvironmentProblem
 from cotdistill.methods import Method, get_method, pipeline_owners
-from cotdistill.models.openai_api import load_backend
+from cotdistill.models.backends import load_backend, served
 from cotdistill.pipeline import Settings, Trace, check_pipeline, run_pipeline, vote
 from cotdistill.sandbox import require_sandbox
 from cotdistill.store import Prediction, Store, model_in_run
@@ -83,7 +83,8 @@ def evaluate(run_dir: str | Path, config: EvalConfig | str | None = None, *, sca
                                   "samples": default_of(EvalConfig, "samples"), "shots": 0, **unknown_before})
         pending = [p for p in problems if any((p.key, s) not in done for s in range(c.samples))]
         if pending:
-            backends = {path: load_backend(path, c.api, c.batch_size) for path in dict.fromkeys(paths.values())}
+            backends = {path: load_backend(path, c.api if served(path) else {"batch_size": c.batch_size})
+                        for path in dict.fromkeys(paths.values())}
             failed, sent, reason = _predict(store, run, pending, {stage: backends[path] for stage, path in paths.items()},
                                             c.pipeline, the_method, c.samples,
                                             Settings(c.max_new_tokens, c.temperature, c.seed, c.shots), c.batch_size * 4)

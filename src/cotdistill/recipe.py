@@ -41,7 +41,8 @@ from cotdistill.annotate import annotate
 from cotdistill.config import AnnotateConfig, EvalConfig
 from cotdistill.errors import CotdistillError
 from cotdistill.evaluate import evaluate
-from cotdistill.models.openai_api import PREFIX, APIConfig
+from cotdistill.models.backends import served
+from cotdistill.models.openai_api import APIConfig
 from cotdistill.report import report
 from cotdistill.tasks.records import read_yaml
 from cotdistill.train import TrainConfig, train
@@ -284,7 +285,7 @@ def _fold_api(path: Path, index: int, verb: str, arguments: dict[str, Any]) -> N
         return
     models = [arguments.get(key) for key in ("teacher", "verify_with", "model")]
     models += list((arguments.get("models") or {}).values()) if isinstance(arguments.get("models"), dict) else []
-    if any(isinstance(model, str) and model.startswith(PREFIX) for model in models):
+    if any(isinstance(model, str) and served(model) for model in models):
         given = {key: value for key, value in flat.items() if value is not None}
         arguments["api"] = {**given, **(arguments.get("api") or {})}
         return

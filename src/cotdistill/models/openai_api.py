@@ -30,7 +30,7 @@ import random
 import time
 from collections import Counter
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, fields, replace
+from dataclasses import dataclass, replace
 from typing import Any
 
 from cotdistill.config import setting
@@ -82,29 +82,6 @@ class APIConfig:
 
     def cost(self, prompt_tokens: int, completion_tokens: int) -> float:
         return (prompt_tokens * self.price_input + completion_tokens * self.price_output) / 1e6
-
-
-def api_config(model: str, options: dict[str, Any] | None) -> APIConfig | None:
-    """The backend settings for an `openai:MODEL` name (options: any APIConfig field but
-    `model`); None for other models."""
-    if not model.startswith(PREFIX):
-        return None
-    known = {f.name for f in fields(APIConfig)} - {"model"}
-    unknown = set(options or {}) - known
-    if unknown:
-        raise CotdistillError(f"unknown API option(s) {', '.join(sorted(unknown))} (known: {', '.join(sorted(known))})")
-    return APIConfig(model=model[len(PREFIX):], **(options or {}))
-
-
-def load_backend(model: str, options: dict[str, Any] | None = None, batch_size: int = 32) -> Any:
-    """A model that generates for a pipeline stage or a solver: `openai:MODEL` over HTTP,
-    anything else loaded locally."""
-    config = api_config(model, options)
-    if config is not None:
-        return APIModel(config)
-    from cotdistill.models.local import LocalModel  # torch: only for local models
-
-    return LocalModel(model, batch_size=batch_size)
 
 
 class GiveUp(Exception):

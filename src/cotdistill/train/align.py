@@ -141,7 +141,7 @@ class TextTeacher:
 
     @classmethod
     def served(cls, spec: str, student_tokenizer: Any, options: dict[str, Any]) -> TextTeacher:
-        from cotdistill.models.openai_api import api_config
+        from cotdistill.models.backends import api_config
 
         options = {"top_logprobs": DEFAULT_TOP_K, **options}
         config = api_config(spec, options)

@@ -299,7 +299,7 @@ class OnPolicy(Objective):
         teacher = load_teacher(config.teacher_model, tokenizer, str(config.device), config.teacher_api)
         cached = None
         if store is not None and config.teacher_model != "self":  # the self teacher costs one local forward
-            from cotdistill.models.openai_api import api_config
+            from cotdistill.models.backends import api_config
             from cotdistill.train.cache import CachedTeacher
 
             api = api_config(config.teacher_model, config.teacher_api)

@@ -21,6 +21,7 @@ from typing import Any
 import torch
 
 from cotdistill.errors import CotdistillError
+from cotdistill.models.backends import served
 from cotdistill.train.onpolicy import Rollouts, TeacherScores, all_positions, states_at
 
 
@@ -79,7 +80,7 @@ def load_teacher(spec: str | None, tokenizer: Any, device: str, api: dict[str, A
                               "openai:MODEL (a served teacher) or a local model")
     if spec == "self":
         return SelfTeacher(tokenizer.pad_token_id)
-    if spec.startswith("openai:"):
+    if served(spec):
         from cotdistill.train.align import TextTeacher
 
         return TextTeacher.served(spec, tokenizer, api or {})
