@@ -84,8 +84,9 @@ def test_a_lora_student_continued_from_a_lora_student_keeps_what_its_start_learn
     annotate(tmp_path, "arith", limit=8)
     steps = dict(max_steps=3, save_steps=3, learning_rate=2e-2, per_device_train_batch_size=4, warmup_steps=0,
                  disable_tqdm=True)
-    first = train(tmp_path, name="first", student=str(tiny_model), **steps)
-    second = train(tmp_path, name="second", student="first", **steps)
+    first = train(tmp_path, name="first", student=str(tiny_model), **steps)  # all-linear: peft saves a list
+    second = train(tmp_path, name="second", student="first", lora_r=8, lora_target_modules=r".*\.(q_proj|v_proj)",
+                   **steps)
     own_adapter = str(second / "checkpoints" / "checkpoint-3")  # what the second learnt, as peft saved it
     on_first = PeftModel.from_pretrained(load_model(str(first))[0], own_adapter).merge_and_unload()
     on_base = PeftModel.from_pretrained(load_model(str(tiny_model))[0], own_adapter).merge_and_unload()
@@ -94,7 +95,9 @@ def test_a_lora_student_continued_from_a_lora_student_keeps_what_its_start_learn
     with torch.no_grad():
         assert torch.allclose(loaded(ids).logits, on_first(ids).logits, atol=1e-4)
         assert not torch.allclose(loaded(ids).logits, on_base(ids).logits, atol=1e-2)
-    assert json.loads((second / "adapter_config.json").read_text())["r"] == 2 * 16  # the two adapters side by side
+    config = json.loads((second / "adapter_config.json").read_text())
+    assert config["r"] == 16 + 8 and config["lora_alpha"] == 24  # the two adapters side by side, scaling 1
+    assert not (second / ".own-adapter").exists()
 
 
 def test_finished_student_is_not_trained_again(tmp_path, tiny_model):

@@ -8,6 +8,7 @@ left-padded batches; each row leaves its batch at EOS or a stop string.
 from __future__ import annotations
 
 import json
+import re
 import time
 import types
 from collections import Counter
@@ -112,28 +113,56 @@ def _load(path: str, device: str | None, dtype: torch.dtype | None) -> tuple[Any
     return model.to(device), tokenizer
 
 
-def stack_adapter(student: Path, parent: Path) -> None:
-    """Make `student`'s LoRA adapter, trained on `parent`'s merged weights (a LoRA student
-    warm-starts merged), hold both. peft saves an adapter against the original base, so on
-    its own it would load as base + the new adapter and lose everything the parent learnt (an
-    arithmetic student at 44% continued for 20 steps scored 2%). peft's `cat` combination sets
-    the two side by side (rank r_parent + r_student, scaling 1): base + stacked = base +
-    parent's update + student's update, exactly. The files are replaced only once written;
-    a kill between the two replacements leaves a student that `unloadable` refuses, and
-    `train` rebuilds it from its checkpoint."""
-    import tempfile
+def stack_adapter(own: Path, parent: Path, out: Path) -> None:
+    """Write to `out` one LoRA adapter holding `parent`'s and `own` (one learnt on the
+    parent's merged weights: a LoRA student warm-starts merged). peft saves an adapter against
+    the original base, so `own` alone loads as base + its update and loses everything the
+    parent learnt (an arithmetic student at 44% continued for 20 steps scored 2%). Side by
+    side, A = [A_parent * s_parent; A_own * s_own], B = [B_parent, B_own], rank r_parent +
+    r_own, scaling 1: base + stacked = base + both updates, exactly (peft's `cat` combination;
+    written by hand because peft's needs the base model loaded, 28 GB in fp32 for a 7B base,
+    to concatenate megabytes, and refuses a list of target modules beside a regex). A module
+    only one adapter has gets zeros in the other's rows. The files are replaced only once
+    written."""
+    from safetensors.torch import load_file, save_file
 
-    from peft import PeftModel
+    configs = [json.loads((d / "adapter_config.json").read_text()) for d in (parent, own)]
+    unsupported = [key for c in configs for key in ("use_dora", "use_rslora", "rank_pattern", "alpha_pattern",
+                                                    "layers_to_transform", "modules_to_save") if c.get(key)]
+    if unsupported or any(c.get("peft_type") != "LORA" for c in configs):
+        raise CotdistillError(f"{own} continues {parent}, whose adapters cannot be stacked "
+                              f"({', '.join(sorted(set(unsupported))) or 'not LoRA'}): train from the base model")
+    weights = [load_file(str(d / "adapter_model.safetensors")) for d in (parent, own)]
+    strange = sorted({k for w in weights for k in w if not k.endswith((".lora_A.weight", ".lora_B.weight"))})
+    if strange:
+        raise CotdistillError(f"{own}: adapter tensors other than LoRA A/B ({strange[0]}, ...) cannot be stacked")
+    ranks = [c["r"] for c in configs]
+    scales = [c["lora_alpha"] / c["r"] for c in configs]
+    stacked = {}
+    for module in sorted({k[: -len(".lora_A.weight")] for w in weights for k in w if k.endswith(".lora_A.weight")}):
+        a_key, b_key = f"{module}.lora_A.weight", f"{module}.lora_B.weight"
+        shape = next(w for w in weights if a_key in w)
+        a_parts, b_parts = [], []
+        for w, rank, scale in zip(weights, ranks, scales):
+            present = a_key in w
+            a_parts.append(w[a_key].float() * scale if present else shape[a_key].new_zeros(rank, shape[a_key].shape[1]))
+            b_parts.append(w[b_key].float() if present else shape[b_key].new_zeros(shape[b_key].shape[0], rank))
+        stacked[a_key], stacked[b_key] = torch.cat(a_parts, 0).contiguous(), torch.cat(b_parts, 1).contiguous()
+    config = {**configs[1], "r": sum(ranks), "lora_alpha": sum(ranks),
+              "target_modules": _joined_targets([c["target_modules"] for c in configs])}
+    save_file(stacked, str(out / "adapter_model.safetensors.part"), metadata={"format": "pt"})
+    (out / "adapter_config.json.part").write_text(json.dumps(config, indent=2))
+    for name in ("adapter_model.safetensors", "adapter_config.json"):
+        (out / f"{name}.part").replace(out / name)
 
-    base = resolve_model(json.loads((parent / "adapter_config.json").read_text())["base_model_name_or_path"])
-    model = PeftModel.from_pretrained(_model_class(base).from_pretrained(base, dtype=torch.float32), str(parent),
-                                      adapter_name="parent")
-    model.load_adapter(str(student), adapter_name="student")
-    model.add_weighted_adapter(["parent", "student"], [1.0, 1.0], "stacked", combination_type="cat")
-    with tempfile.TemporaryDirectory(dir=student, prefix=".stacking-") as scratch:
-        model.save_pretrained(scratch, selected_adapters=["stacked"])  # an adapter not named default: scratch/stacked/
-        for name in ("adapter_model.safetensors", "adapter_config.json"):
-            Path(scratch, "stacked", name).replace(student / name)
+
+def _joined_targets(targets: list[list[str] | str]) -> list[str] | str:
+    """Both adapters' target modules in one peft value: a list if both are lists, else one
+    regex (peft matches a regex on the whole module name, a list entry on its last parts)."""
+    if all(isinstance(t, list) for t in targets):
+        return sorted({name for t in targets for name in t})
+    return "|".join(f"(?:{t})" if isinstance(t, str) else rf"(?:(?:.*\.)?(?:{'|'.join(map(re.escape, t))}))"
+                    for t in targets)
 
 
 def pack_linear_weights(model: torch.nn.Module) -> None:

@@ -104,10 +104,15 @@ def train(
                                _dev_evaluator(dev, the_method, tokenizer, args) if dev else None, store)
         last, loss, seconds = _fit(trainer, args, callbacks)
         check_finite_weights(trainer.model, "after training")
-        trainer.save_model(str(output))  # every process takes part: ZeRO-3 / FSDP gather the weights here
+        # A LoRA student continuing a LoRA student learnt its adapter on the start's merged
+        # weights: saved aside, it reaches the student's folder only stacked on the start's.
+        stacks_on = Path(start) if args.lora and (Path(start) / "adapter_config.json").is_file() else None
+        saved = output / ".own-adapter" if stacks_on else output
+        trainer.save_model(str(saved))  # every process takes part: ZeRO-3 / FSDP gather the weights here
         if main:
-            if args.lora and (Path(start) / "adapter_config.json").is_file():
-                stack_adapter(output, Path(start))  # its adapter was learnt on top of the start's
+            if stacks_on:
+                stack_adapter(saved, stacks_on, output)
+                shutil.rmtree(saved)
             tokenizer.save_pretrained(output)
             summary = _summary(trainer, loss, seconds, last, len(dev), student=student, method=method, roles=roles,
                                objective=args.objective, examples=len(items), lora=args.lora,
