@@ -61,7 +61,7 @@ def test_python_functions_take_a_config_or_its_fields(tmp_path):
         evaluate(tmp_path, EvalConfig(task="arith"), samples=0)
 
 
-def test_one_table_turns_a_model_name_into_its_backend_with_that_backends_options(tiny_model):
+def test_one_table_turns_a_model_name_into_its_backend_with_that_backends_options(tmp_path, tiny_model):
     from cotdistill.models.backends import LocalOptions, backend, backend_options, load_backend, served
 
     assert backend("openai:gpt-4o-mini") == "openai" and served("openai:m")
@@ -72,5 +72,9 @@ def test_one_table_turns_a_model_name_into_its_backend_with_that_backends_option
         backend_options("smollm2-135m", {"base_url": "http://localhost:1/v1"})
     with pytest.raises(CotdistillError, match="dtype 'int8'"):
         backend_options("smollm2-135m", {"dtype": "int8"})
+    with pytest.raises(CotdistillError, match="batch_size must be int"):
+        backend_options("smollm2-135m", {"batch_size": "8"})
+    with pytest.raises(CotdistillError, match="no stage runs one"):  # not silently ignored
+        evaluate(tmp_path, EvalConfig(model=str(tiny_model), api={"base_url": "http://localhost:1/v1"}))
     model = load_backend(str(tiny_model), {"batch_size": 3, "dtype": "float32", "device": "cpu"})
     assert model.batch_size == 3 and model.model.dtype == torch.float32

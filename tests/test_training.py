@@ -98,6 +98,8 @@ def test_a_lora_student_continued_from_a_lora_student_keeps_what_its_start_learn
     config = json.loads((second / "adapter_config.json").read_text())
     assert config["r"] == 16 + 8 and config["lora_alpha"] == 24  # the two adapters side by side, scaling 1
     assert not (second / ".own-adapter").exists()
+    full = train(tmp_path, name="full", student="first", **{**steps, "lora": False, "max_steps": 1})  # all weights
+    assert json.loads((full / "cotdistill.json").read_text())["steps"] == 1
 
 
 def test_finished_student_is_not_trained_again(tmp_path, tiny_model):

@@ -65,6 +65,8 @@ def evaluate(run_dir: str | Path, config: EvalConfig | str | None = None, *, sca
         raise CotdistillError(f"eval: task {the_task.name} has no problems in {c.data or f'split {c.split}'}")
     source, data = data_identity(the_task, c.data)
     paths = {stage: model_in_run(run_dir, name) for stage, name in c.stages.items()}
+    if c.api and not any(served(path) for path in paths.values()):
+        raise CotdistillError(f"API options ({', '.join(c.api)}) apply to openai:MODEL models, and no stage runs one")
     label = c.model if c.stages == {"model": c.model} else ",".join(f"{k}={v}" for k, v in c.stages.items())
     run = c.name or f"eval:{label}:{the_task.name}:{c.split}" + ("" if c.pipeline == "single" else f":{c.pipeline}")
     # Everything that makes its answers, so a name never stands for two evals: the data scored,

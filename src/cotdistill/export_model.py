@@ -416,7 +416,10 @@ def _card(store: Store, student: str, source: Path, trained: dict[str, Any], wri
     prompt and stop it as `cotdistill eval` did."""
     run = store.run(f"train:{student}") or {"config": {}}
     config = run["config"]
-    base = trained["student"]
+    chain = [trained["student"]]  # the students of this run it continues, back to the base model
+    while (record := student_dir(store.run_dir, chain[-1]) / "cotdistill.json").is_file() and len(chain) < 64:
+        chain.append(json.loads(record.read_text())["student"])
+    base = chain[-1]
     teachers = Counter(a.teacher for a in store.annotations(trained["method"], config.get("task")))
     evals = [r for r in store.runs("eval") if r["status"] == "done"
              and (r["config"].get("model_path") == str(source) or student in (r["config"].get("models") or {}).values())]
@@ -430,7 +433,8 @@ def _card(store: Store, student: str, source: Path, trained: dict[str, Any], wri
         + (f" (roles {', '.join(trained['roles'])})" if trained.get("roles") else "") + ".", "",
         "## How it was made", "",
         f"- base model: `{base}`" + (" (the embedded SmolLM2-135M-Instruct, dequantized from a Q4_1 GGUF: "
-                                      "a 4-bit-noised start, not the original bf16 weights)" if base in ALIASES else ""),
+                                      "a 4-bit-noised start, not the original bf16 weights)" if base in ALIASES else "")
+        + (f", continuing {' <- '.join(f'`{s}`' for s in chain[:-1])} of its run" if len(chain) > 1 else ""),
         "- teacher(s): " + (", ".join(f"`{t}` ({n} kept rationales)" for t, n in teachers.most_common()) or "unknown"),
         f"- data: task `{config.get('task') or 'all'}`, split `{config.get('split') or 'all'}`, "
         f"{trained['examples']} training examples",

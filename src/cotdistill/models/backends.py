@@ -12,7 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass, fields
 from typing import Any
 
-from cotdistill.config import setting
+from cotdistill.config import check_types, setting
 from cotdistill.errors import CotdistillError, at_least
 from cotdistill.models.openai_api import PREFIX, APIConfig, APIModel
 
@@ -28,6 +28,7 @@ class LocalOptions:
     batch_size: int = setting(32, "sequences decoded at once")
 
     def __post_init__(self) -> None:
+        check_types(self, "local model")
         at_least("batch_size", self.batch_size, 1)
         if self.dtype not in (None, "float32", "bfloat16", "float16"):
             raise CotdistillError(f"dtype {self.dtype!r}: float32, bfloat16 or float16")

@@ -156,6 +156,8 @@ def _setup_model(args: TrainConfig, student: str) -> tuple[Any, Any]:
     adapter when saved (`stack_adapter`)."""
     model, tokenizer = load_model(student, device=str(args.device), dtype=None if args.lora else torch.float32)
     _check_model_type(args, student, model)
+    if not args.lora:  # a merged LoRA start keeps peft's frozen flags
+        model.requires_grad_(True)
     return model, tokenizer
 
 
