@@ -147,6 +147,16 @@ def test_every_bundled_recipe_takes_a_served_teacher_and_the_users_student(name)
     assert all(a["teacher"] == "gold" and "api" not in a for a in steps(gold, "annotate"))
 
 
+def test_the_on_policy_recipe_takes_a_served_annotating_teacher_and_the_users_student():
+    recipe = load_recipe("on-policy", "small", USERS)
+    [annotate] = steps(recipe, "annotate")
+    assert annotate["teacher"] == "openai:my-model" and annotate["api"]["base_url"] == "http://127.0.0.1:9/v1"
+    trains = {t["name"]: t for t in steps(recipe, "train")}
+    assert trains["sft"]["student"] == "my-org/my-student" and all(t["teacher"] == "openai:my-model" for t in trains.values())
+    assert {t["student"] for name, t in trains.items() if name != "sft"} == {"sft"}  # the arms continue the warm start
+    assert trains["on-policy"]["teacher_model"] == "self"
+
+
 def test_every_variable_of_every_bundled_recipe_has_help_and_a_value_per_scale():
     for name in ALL:
         path, variables = describe_recipe(name)
