@@ -92,11 +92,13 @@ def test_a_teacher_with_another_tokenizer_scores_through_the_alignment_and_teach
     assert student.model.layers[0].self_attn.q_proj.weight.grad.abs().sum() > 0
 
 
-def test_train_on_policy_with_a_teacher_of_another_tokenizer(tmp_path, tiny_model, other_tokenizer_model):
+def test_train_on_policy_with_a_teacher_of_another_tokenizer(tmp_path, tiny_model, other_tokenizer_model, capsys):
     import json
 
     from cotdistill.annotate import annotate
-    from cotdistill.train import train
+    from cotdistill.models import load_model
+    from cotdistill.train import TrainConfig, train
+    from cotdistill.train.objectives import OBJECTIVES
 
     annotate(tmp_path, "arith", limit=4)
     output = train(tmp_path, student=str(tiny_model), objective="on-policy", teacher_model=str(other_tokenizer_model),
@@ -104,3 +106,7 @@ def test_train_on_policy_with_a_teacher_of_another_tokenizer(tmp_path, tiny_mode
                    disable_tqdm=True)
     record = json.loads((output / "cotdistill.json").read_text())
     assert record["steps"] == 2 and record["seconds_by_part"]["teacher"] > 0 and "teacher_cache" in record
+    assert "end-of-turn" not in capsys.readouterr().err  # lmbda 0.5: the fixed sequences teach it
+    config = TrainConfig(objective="on-policy", teacher_model=str(other_tokenizer_model), lmbda=1.0, report_to="none")
+    OBJECTIVES["on-policy"].build(config, load_model(str(tiny_model))[1])
+    assert "keep lmbda below 1" in capsys.readouterr().err

@@ -126,6 +126,8 @@ class TextTeacher:
     """A teacher scored on the text: `score_text(rows)` gives, per row of (messages,
     completion text), its `TextToken`s; `score` aligns them to the student's tokens."""
 
+    scores_text = True  # not special tokens (no bytes): the end of turn is learnt from the fixed sequences
+
     def __init__(self, student_tokenizer: Any, score_text: Any, top_k: int = DEFAULT_TOP_K):
         self.tokenizer, self.score_text, self.top_k = student_tokenizer, score_text, top_k
         self.pieces = token_bytes(student_tokenizer)

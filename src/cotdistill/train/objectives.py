@@ -26,6 +26,7 @@ collator passes them through.
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -297,6 +298,10 @@ class OnPolicy(Objective):
         settings = OnPolicySettings(beta=config.jsd_beta, lmbda=config.lmbda, temperature=config.rollout_temperature,
                                     max_new_tokens=config.max_new_tokens, chunk=config.loss_chunk, seed=config.seed)
         teacher = load_teacher(config.teacher_model, tokenizer, str(config.device), config.teacher_api)
+        if getattr(teacher, "scores_text", False) and settings.lmbda >= 1:
+            print(f"note: teacher {config.teacher_model} scores text, so it never scores the end-of-turn token; at lmbda "
+                  f"{settings.lmbda:g} no step uses the fixed sequences that teach the student to stop: keep lmbda "
+                  "below 1 (a Gemma-3-270M teacher at lmbda 1 left 59 of 100 replies without an answer)", file=sys.stderr)
         cached = None
         if store is not None and config.teacher_model != "self":  # the self teacher costs one local forward
             from cotdistill.models.backends import api_config
