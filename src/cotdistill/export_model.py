@@ -41,7 +41,7 @@ from cotdistill.errors import CotdistillError, EnvironmentProblem
 from cotdistill.methods import get_method
 from cotdistill.models.contract import Messages
 from cotdistill.models.embedded import ALIASES, cache_dir
-from cotdistill.store import Store, student_dir
+from cotdistill.store import Store, model_in_run, student_dir
 from cotdistill.tasks import Problem
 
 DTYPES = ("float32", "bfloat16", "float16")
@@ -417,7 +417,7 @@ def _card(store: Store, student: str, source: Path, trained: dict[str, Any], wri
     run = store.run(f"train:{student}") or {"config": {}}
     config = run["config"]
     chain = [trained["student"]]  # the students of this run it continues, back to the base model
-    while (record := student_dir(store.run_dir, chain[-1]) / "cotdistill.json").is_file() and len(chain) < 64:
+    while len(chain) < 64 and (record := Path(model_in_run(store.run_dir, chain[-1])) / "cotdistill.json").is_file():
         chain.append(json.loads(record.read_text())["student"])
     base = chain[-1]
     teachers = Counter(a.teacher for a in store.annotations(trained["method"], config.get("task")))

@@ -201,8 +201,9 @@ class Store:
                 if self.db.db.execute("PRAGMA journal_mode").fetchone()[0] != "wal":
                     self.db.db.execute("PRAGMA journal_mode=WAL")
                 return
-            except sqlite3.OperationalError as error:
-                if "locked" not in str(error) or time.monotonic() > deadline:
+            except sqlite3.DatabaseError as error:  # also: not a database, corrupted, read-only
+                busy = isinstance(error, sqlite3.OperationalError) and "locked" in str(error)
+                if not busy or time.monotonic() > deadline:
                     raise EnvironmentProblem(f"{self.path}: the run's store failed ({error})") from None
                 time.sleep(0.05)
 
