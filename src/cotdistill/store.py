@@ -196,16 +196,16 @@ class Store:
         without its busy timeout, while another process opens or closes the same store (the
         last connection's closing checkpoint): wait for it here instead of failing the run."""
         deadline = time.monotonic() + patience
-        while True:
-            try:
-                if self.db.db.execute("PRAGMA journal_mode").fetchone()[0] != "wal":
-                    self.db.db.execute("PRAGMA journal_mode=WAL")
-                return
-            except sqlite3.DatabaseError as error:  # also: not a database, corrupted, read-only
-                busy = isinstance(error, sqlite3.OperationalError) and "locked" in str(error)
-                if not busy or time.monotonic() > deadline:
-                    raise EnvironmentProblem(f"{self.path}: the run's store failed ({error})") from None
-                time.sleep(0.05)
+        with self.db._named():  # any other failure (not a database, read-only): the store's one line
+            while True:
+                try:
+                    if self.db.db.execute("PRAGMA journal_mode").fetchone()[0] != "wal":
+                        self.db.db.execute("PRAGMA journal_mode=WAL")
+                    return
+                except sqlite3.OperationalError as error:
+                    if "locked" not in str(error) or time.monotonic() > deadline:
+                        raise
+                    time.sleep(0.05)
 
     def _open_schema(self) -> None:
         """Create the tables, or bring a store of an older schema to this one in place (one

@@ -141,12 +141,12 @@ def stack_adapter(own: Path, parent: Path, out: Path) -> None:
     stacked = {}
     for module in sorted({k[: -len(".lora_A.weight")] for w in weights for k in w if k.endswith(".lora_A.weight")}):
         a_key, b_key = f"{module}.lora_A.weight", f"{module}.lora_B.weight"
-        shape = next(w for w in weights if a_key in w)
+        a_any, b_any = next((w[a_key], w[b_key]) for w in weights if a_key in w)  # the module's shapes
         a_parts, b_parts = [], []
         for w, rank, scale in zip(weights, ranks, scales):
             present = a_key in w
-            a_parts.append(w[a_key].float() * scale if present else shape[a_key].new_zeros(rank, shape[a_key].shape[1]))
-            b_parts.append(w[b_key].float() if present else shape[b_key].new_zeros(shape[b_key].shape[0], rank))
+            a_parts.append(w[a_key].float() * scale if present else a_any.new_zeros(rank, a_any.shape[1]))
+            b_parts.append(w[b_key].float() if present else b_any.new_zeros(b_any.shape[0], rank))
         stacked[a_key], stacked[b_key] = torch.cat(a_parts, 0).contiguous(), torch.cat(b_parts, 1).contiguous()
     config = {**configs[1], "r": sum(ranks), "lora_alpha": sum(ranks),
               "target_modules": _joined_targets([c["target_modules"] for c in configs])}
